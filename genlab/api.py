@@ -1,0 +1,219 @@
+"""The Python API; the CLI is a thin layer over these functions (every CLI option is an argument here).
+
+    import genlab
+    genlab.train("digits_ddpm", ["train.time_budget=60s"], name="quick")
+    genlab.sample("runs/quick", n=64, sampler="ddim", steps=50, out="grid.png")
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+import yaml
+
+from .config import Config, ConfigError, apply_overrides, find_config, from_dict, load_config, save_config
+from .data import from_model, to_model
+from .train import checkpoint as ck
+from .train.dist import pick_device
+from .train.loop import Callback, Context, TrainResult, load_weights
+
+RUNS_ROOT = Path(os.environ.get("GENLAB_RUNS", "runs"))
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def prepare_run_dir(name: str, *, runs_root=None, resume=False, force=False) -> Path:
+    """runs/NAME, created; refuses to overwrite an existing run unless ``force`` (``resume`` continues it)."""
+    run_dir = Path(runs_root or RUNS_ROOT) / name
+    if _rank() != 0:  # under torchrun, process 0 prepares the directory
+        return run_dir
+    exists = run_dir.exists() and any(run_dir.iterdir())
+    if resume:
+        if not exists:
+            raise FileNotFoundError(f"cannot resume: {run_dir} does not exist (start it without --resume)")
+        return run_dir
+    if exists:
+        if not force:
+            raise FileExistsError(f"{run_dir} already exists; continue it with --resume, overwrite it with "
+                                  f"--force, or choose another --name")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def resolve_config(config: Union[str, Config, None], overrides: Sequence[str] = ()) -> Config:
+    if isinstance(config, Config):
+        cfg = apply_overrides(from_dict(config.to_dict()), list(overrides))
+        return cfg.validate()
+    return load_config(config, list(overrides))
+
+
+def describe(cfg: Config) -> str:
+    """The resolved config as YAML, plus the data and model sizes (what ``--dry-run`` prints)."""
+    from .data import load_dataset
+    from .methods import get_method
+
+    d = cfg.data
+    ds = load_dataset(d.name, "train", root=d.root, image_size=d.image_size, channels=d.channels,
+                      labels=d.labels or None, on_bad_image=d.on_bad_image, val_size=d.val_size, binarize=d.binarize)
+    model = get_method(cfg).build_model(ds.shape, ds.num_classes)
+    n_params = sum(p.numel() for p in model.parameters())
+    head = (f"# data: {ds.name}, {len(ds)} train images of shape {tuple(ds.shape)}, {ds.levels} levels, "
+            f"{ds.num_classes} classes\n# model: {type(model).__name__}, {n_params / 1e6:.3f}M parameters\n")
+    return head + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def train(config: Union[str, Config, None] = "digits_ddpm", overrides: Sequence[str] = (), *,
+          name: Optional[str] = None, resume: bool = False, force: bool = False, dry_run: bool = False,
+          runs_root=None, progress: bool = True) -> Optional[TrainResult]:
+    """Train a model into runs/NAME (see ``genlab train --help``). Returns None for a dry run."""
+    from .train.loop import train as train_loop
+
+    if resume and name:
+        run_dir = Path(runs_root or RUNS_ROOT) / name
+        saved = run_dir / "config.yaml"
+        if config is None or config == "digits_ddpm" and saved.exists():
+            config = str(saved)
+    cfg = resolve_config(config, overrides)
+    if dry_run:
+        print(describe(cfg))
+        return None
+    if name is None:
+        stem = Path(config).stem if isinstance(config, str) else cfg.method
+        name = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = prepare_run_dir(name, runs_root=runs_root, resume=resume, force=force)
+    if _rank() == 0:
+        save_config(cfg, run_dir / "config.yaml")
+        print(f"run directory: {run_dir}", file=sys.stderr)
+    callbacks = [Callback(_grid_callback, every=cfg.train.sample_every)]
+    return train_loop(cfg, run_dir, resume=resume, callbacks=tuple(callbacks), progress=progress)
+
+
+def _grid_callback(ctx: Context) -> None:
+    """Sample grid of the EMA model during training (samples/step_N.png) and at the end (samples.png)."""
+    cfg = ctx.cfg
+    n = min(cfg.sample.n, 64)
+    y = _default_labels(n, ctx.data.num_classes) if cfg.model.class_cond else None
+    x, _ = ctx.method.sample(ctx.ema, n, y=y, seed=0)
+    x = quantize(x, ctx.data.levels)
+    from .report.images import save_grid
+
+    path = ctx.run_dir / ("samples.png" if ctx.final else f"samples/step_{ctx.state.step:07d}.png")
+    save_grid(x, path, nrow=8 if n >= 8 else None)
+
+
+def _default_labels(n: int, num_classes: int) -> Optional[torch.Tensor]:
+    return torch.arange(n) % num_classes if num_classes else None
+
+
+def quantize(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """Round model-space images to the dataset's discrete levels (and back to [-1, 1])."""
+    return to_model(from_model(x, levels), levels)
+
+
+def load_run(ckpt, *, which: str = "latest", use_ema: bool = True, device: str = "auto"):
+    """(config, method, model in eval mode, checkpoint state) from a run or checkpoint directory."""
+    from .methods import get_method
+
+    path = ck.resolve_checkpoint(ckpt, which)
+    state = ck.read_state(path)
+    try:
+        cfg = from_dict(state["config"])
+    except (ConfigError, KeyError) as e:
+        raise ck.CheckpointError(f"{path}/state.json has an unusable config: {e}") from None
+    method = get_method(cfg)
+    info = state["data"]
+    model = method.build_model(tuple(info["shape"]), info["num_classes"])
+    which_w = "ema" if use_ema and (path / "ema.safetensors").exists() else "model"
+    tensors = ck.load_checkpoint(path, weights=(which_w,))[which_w]
+    load_weights(model, tensors, f"{path}/{which_w}.safetensors")
+    model.to(pick_device(device)).eval()
+    state["path"] = str(path)
+    return cfg, method, model, state
+
+
+def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[int] = None,
+           eta: Optional[float] = None, seed: int = 0, batch_size: int = 256, out=None, process: bool = False,
+           labels: Optional[Sequence[int]] = None, which: str = "latest", use_ema: bool = True,
+           device: str = "auto", progress: bool = True):
+    """Draw n samples from a checkpoint. Sample i uses seed + i alone (reproducible by itself).
+
+    out: ``*.png`` a grid; ``*.npy`` a uint8 array of dataset levels (N, C, H, W); a directory (ending in / or
+    existing) one PNG per sample named by its seed; None returns the images. ``process=True`` writes a strip of
+    x_t and x0_hat over the steps for the first few samples instead.
+    Returns (images in [-1, 1] quantized to the dataset's levels, network evaluations per sample, output path).
+    """
+    from .report.images import process_strip, save_grid
+
+    cfg, method, model, state = load_run(ckpt, which=which, use_ema=use_ema, device=device)
+    info = state["data"]
+    levels = info["levels"]
+    y = None
+    if cfg.model.class_cond:
+        y = torch.as_tensor(labels) if labels is not None else _default_labels(n, info["num_classes"])
+        if len(y) != n:
+            raise ValueError(f"got {len(y)} labels for {n} samples")
+    elif labels is not None:
+        raise ValueError("this model is unconditional (model.class_cond is false); labels cannot be used")
+    if process:
+        k = min(n, 8)
+        frames_xt, frames_x0 = [], []
+
+        def cb(s):
+            frames_xt.append(s["x_t"].clamp(-1, 1).cpu())
+            frames_x0.append(s["x0_hat"].cpu())
+
+        x, nfe = method.sample(model, k, y=None if y is None else y[:k], sampler=sampler, steps=steps, eta=eta,
+                               seed=seed, batch_size=k, callback=cb)
+        path = Path(out or "process.png")
+        if path.suffix.lower() != ".png":
+            raise ValueError(f"--process writes a PNG picture; got --out {path}")
+        process_strip(frames_xt, frames_x0, path)
+        return quantize(x, levels), nfe, path
+    x, nfe = method.sample(model, n, y=y, sampler=sampler, steps=steps, eta=eta, seed=seed,
+                           batch_size=batch_size, progress=progress)
+    x = quantize(x, levels)
+    if out is None:
+        return x, nfe, None
+    path = Path(out)
+    if str(out).endswith(("/", os.sep)) or path.is_dir():
+        from .report.images import grid
+
+        path.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            grid(x[i:i + 1], pad=0).save(path / f"{seed + i:06d}.png")
+    elif path.suffix.lower() == ".npy":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, from_model(x, levels).numpy().astype(np.uint8))
+    elif path.suffix.lower() == ".png":
+        save_grid(x, path)
+    else:
+        raise ValueError(f"--out {out}: use a .png (grid), a .npy (array of levels) or a directory ending in /")
+    return x, nfe, path
+
+
+def demo(*, name: str = "demo", time_budget: str = "100s", runs_root=None, force: bool = True,
+         progress: bool = True) -> Path:
+    """Train the digits recipe for about two minutes on the CPU, then write samples.png, process.png and
+    loss.png under runs/NAME."""
+    from .report.images import loss_plot
+
+    t0 = time.time()
+    res = train("digits_ddpm", [f"train.time_budget={time_budget}"], name=name, force=force,
+                runs_root=runs_root, progress=progress)
+    run_dir = res.run_dir
+    sample(run_dir, n=8, process=True, out=run_dir / "process.png", seed=0)
+    loss_plot(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    print(f"\ndemo done in {time.time() - t0:.0f}s: {res.state.step} steps, "
+          f"{res.state.samples_seen} images seen.\n"
+          f"  samples:  {run_dir / 'samples.png'}\n  process:  {run_dir / 'process.png'}\n"
+          f"  loss:     {run_dir / 'loss.png'}\n  checkpoint: {res.checkpoint}")
+    return run_dir

@@ -1,0 +1,340 @@
+"""Typed configuration: dataclasses, YAML load/save, ``a.b=value`` overrides and validation with clear errors.
+
+Every option is a field here, so it is at once a YAML key, a command-line override (``train.lr=1e-3``) and a
+Python argument (``Config(train=TrainConfig(lr=1e-3))``). Recipes ship in ``genlab/configs/*.yaml`` and are
+found by name (``digits_ddpm``) or by path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message says which and what is allowed."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"               # digits | mnist | fashion-mnist | folder
+    root: Optional[str] = None         # directory of the data (default: $GENLAB_DATA or ~/.cache/genlab/data/NAME)
+    image_size: Optional[int] = None   # folder: required; others: native size when unset
+    channels: Optional[int] = None     # folder: 1 (grayscale) or 3 (RGB, default)
+    labels: bool = False               # folder: labels from sub-folder names (digits/MNIST always have labels)
+    on_bad_image: str = "error"        # folder: error | skip
+    val_size: Optional[int] = None     # validation images carved from the train split (default per dataset)
+    binarize: bool = False             # mnist-style: threshold at 128 (2 levels)
+
+
+@dataclass
+class ModelConfig:
+    width: int = 32                    # channels of the first UNet level
+    channel_mults: list = field(default_factory=lambda: [1, 2])
+    num_res_blocks: int = 2
+    attn_resolutions: list = field(default_factory=lambda: [4])
+    num_heads: int = 4
+    dropout: float = 0.0
+    class_cond: bool = False           # condition on the dataset's labels (adds a null class for guidance)
+
+
+@dataclass
+class DiffusionConfig:
+    schedule: str = "cosine"           # linear (DDPM) | cosine (improved DDPM)
+    timesteps: int = 1000
+    beta_start: float = 1e-4           # linear schedule only
+    beta_end: float = 0.02             # linear schedule only
+    prediction: str = "v"              # eps | x0 | v
+    loss_weight: str = "none"          # none | min_snr (Hang et al. 2023)
+    min_snr_gamma: float = 5.0
+    cond_drop: float = 0.0             # probability of replacing the label by the null class (for CFG)
+    clip_sample: bool = True           # clip x0_hat to [-1, 1] while sampling
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 128              # global batch (split over processes and accumulation steps)
+    grad_accum: int = 1
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05         # cosine decays to lr * min_lr_ratio
+    lr_schedule: str = "cosine"        # cosine | constant (both after linear warmup)
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    adam_betas: list = field(default_factory=lambda: [0.9, 0.99])
+    grad_clip: float = 1.0             # max global grad norm; 0 disables
+    ema_decay: float = 0.999
+    ema_warmup: bool = True            # decay = min(ema_decay, (1 + step) / (10 + step))
+    max_steps: Optional[int] = None    # step budget
+    time_budget: Optional[str] = None  # wall-clock budget of training steps only: "300s", "5m", "1h"
+    precision: str = "auto"            # auto (bf16/fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    device: str = "auto"               # auto | cpu | cuda | cuda:N | mps
+    seed: int = 0
+    log_every: int = 25
+    val_every: int = 500               # steps between validation losses (0: only at the end)
+    ckpt_every: int = 1000             # steps between checkpoints (0: only at the end)
+    keep_last: int = 2                 # checkpoints kept besides the best by validation loss
+    sample_every: int = 0              # steps between sample grids written to the run (0: only at the end)
+    num_threads: int = 0               # torch CPU threads (0: leave torch's default)
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "ddim"              # ddpm | ddim
+    steps: int = 50
+    eta: float = 0.0                   # DDIM noise (0: deterministic, 1: DDPM-like)
+    spacing: str = "trailing"          # leading | trailing | linspace
+    variance: str = "small"            # ddpm posterior variance: small (beta tilde) | large (beta)
+    n: int = 64
+    use_ema: bool = True
+
+
+@dataclass
+class Config:
+    method: str = "diffusion"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "Config":
+        validate(self)
+        return self
+
+
+CHOICES = {
+    "method": ("diffusion",),
+    "data.name": ("digits", "mnist", "fashion-mnist", "folder"),
+    "data.on_bad_image": ("error", "skip"),
+    "diffusion.schedule": ("linear", "cosine"),
+    "diffusion.prediction": ("eps", "x0", "v"),
+    "diffusion.loss_weight": ("none", "min_snr"),
+    "train.lr_schedule": ("cosine", "constant"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "sample.sampler": ("ddpm", "ddim"),
+    "sample.spacing": ("leading", "trailing", "linspace"),
+    "sample.variance": ("small", "large"),
+}
+
+
+def parse_duration(value) -> float:
+    """Seconds from ``300``, ``"300s"``, ``"5m"``, ``"1.5h"``."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|sec|m|min|h)?\s*", str(value))
+    if not m:
+        raise ConfigError(f"train.time_budget={value!r} is not a duration; write e.g. 300s, 5m or 1h")
+    scale = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError naming the first bad value and what is allowed."""
+    for key, allowed in CHOICES.items():
+        v = get_key(cfg, key)
+        if v not in allowed:
+            raise ConfigError(f"{key}={v!r} is not allowed; choose one of {', '.join(allowed)}")
+
+    def positive(key, allow_zero=False, allow_none=False):
+        v = get_key(cfg, key)
+        if v is None and allow_none:
+            return
+        if v is None or v < 0 or (v == 0 and not allow_zero):
+            raise ConfigError(f"{key}={v!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+    for k in ("model.width", "model.num_res_blocks", "model.num_heads", "diffusion.timesteps", "train.batch_size",
+              "train.grad_accum", "train.lr", "train.log_every", "sample.steps", "sample.n"):
+        positive(k)
+    for k in ("train.weight_decay", "train.warmup_steps", "train.grad_clip", "train.val_every", "train.ckpt_every",
+              "train.keep_last", "train.sample_every", "train.num_threads", "sample.eta", "train.min_lr_ratio"):
+        positive(k, allow_zero=True)
+    positive("train.max_steps", allow_none=True)
+    if cfg.data.image_size is not None and cfg.data.image_size < 4:
+        raise ConfigError(f"data.image_size={cfg.data.image_size} must be at least 4")
+    if cfg.data.channels not in (None, 1, 3):
+        raise ConfigError(f"data.channels={cfg.data.channels} must be 1 (grayscale) or 3 (RGB)")
+    if not cfg.model.channel_mults or any(int(m) <= 0 for m in cfg.model.channel_mults):
+        raise ConfigError(f"model.channel_mults={cfg.model.channel_mults} must be a non-empty list of positive ints")
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError(f"model.dropout={cfg.model.dropout} must be in [0, 1)")
+    if not 0.0 <= cfg.diffusion.cond_drop < 1.0:
+        raise ConfigError(f"diffusion.cond_drop={cfg.diffusion.cond_drop} must be in [0, 1)")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay={cfg.train.ema_decay} must be in [0, 1)")
+    if cfg.diffusion.beta_start <= 0 or cfg.diffusion.beta_end >= 1 or cfg.diffusion.beta_start > cfg.diffusion.beta_end:
+        raise ConfigError("diffusion.beta_start and beta_end must satisfy 0 < beta_start <= beta_end < 1")
+    if cfg.sample.steps > cfg.diffusion.timesteps:
+        raise ConfigError(f"sample.steps={cfg.sample.steps} exceeds diffusion.timesteps={cfg.diffusion.timesteps}")
+    if len(cfg.train.adam_betas) != 2 or not all(0 <= b < 1 for b in cfg.train.adam_betas):
+        raise ConfigError(f"train.adam_betas={cfg.train.adam_betas} must be two numbers in [0, 1)")
+    if cfg.train.time_budget is not None:
+        if parse_duration(cfg.train.time_budget) <= 0:
+            raise ConfigError(f"train.time_budget={cfg.train.time_budget!r} must be positive")
+    if cfg.train.max_steps is None and cfg.train.time_budget is None:
+        raise ConfigError("set a budget: train.max_steps=N and/or train.time_budget=300s")
+    if cfg.train.batch_size % cfg.train.grad_accum:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by "
+                          f"train.grad_accum={cfg.train.grad_accum}")
+
+
+# ----------------------------------------------------------------------------------------------- key access
+
+def _fields(obj) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(obj)}
+
+
+def _resolve(cfg, key: str):
+    """(parent object, field name) of a dotted key; unknown keys get the closest suggestion."""
+    parts = key.split(".")
+    obj = cfg
+    for i, part in enumerate(parts):
+        fields = _fields(obj)
+        if part not in fields:
+            prefix = ".".join(parts[:i])
+            known = [f"{prefix}.{n}" if prefix else n for n in fields]
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r}{hint} Known keys here: {', '.join(known)}")
+        if i == len(parts) - 1:
+            return obj, part
+        obj = getattr(obj, part)
+        if not dataclasses.is_dataclass(obj):
+            raise ConfigError(f"config key {'.'.join(parts[:i + 1])!r} is a value, not a section")
+
+
+def get_key(cfg, key: str):
+    obj, name = _resolve(cfg, key)
+    return getattr(obj, name)
+
+
+def _coerce(value, tp, key: str):
+    """Convert a YAML/CLI value to the field's declared type, or say what was expected."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(value, inner, key)
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+                return value.lower() in ("true", "yes", "1", "on")
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if tp is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+        if tp is list:
+            if isinstance(value, str):
+                value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+            if isinstance(value, tuple):
+                value = list(value)
+            if not isinstance(value, list):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        name = getattr(tp, "__name__", str(tp))
+        raise ConfigError(f"{key}={value!r} is not a valid {name}") from None
+    return value
+
+
+def set_key(cfg, key: str, value) -> None:
+    obj, name = _resolve(cfg, key)
+    f = _fields(obj)[name]
+    if dataclasses.is_dataclass(getattr(obj, name)):
+        raise ConfigError(f"{key!r} is a section; set its keys, e.g. {key}.{dataclasses.fields(getattr(obj, name))[0].name}=...")
+    hints = typing.get_type_hints(type(obj))
+    setattr(obj, name, _coerce(value, hints[f.name], key))
+
+
+def apply_dict(cfg, d: dict, prefix: str = "") -> None:
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            sub = get_key(cfg, key)
+            if not dataclasses.is_dataclass(sub):
+                raise ConfigError(f"config key {key!r} takes a value, not a mapping")
+            apply_dict(cfg, v, key + ".")
+        else:
+            set_key(cfg, key, v)
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``section.key=value`` strings (values parsed as YAML scalars, then coerced to the field type)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=1e-3")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        set_key(cfg, key.strip(), value)
+    return cfg
+
+
+def find_config(name_or_path: str) -> Path:
+    """A shipped recipe by name (``digits_ddpm``) or a YAML file by path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist")
+        return p
+    shipped = CONFIG_DIR / f"{name_or_path}.yaml"
+    if shipped.exists():
+        return shipped
+    names = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
+    close = difflib.get_close_matches(name_or_path, names, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"no config named {name_or_path!r}.{hint} Shipped configs: {', '.join(names)}; "
+                      f"or give a path to a YAML file.")
+
+
+def from_dict(d: dict) -> Config:
+    cfg = Config()
+    apply_dict(cfg, d)
+    return cfg
+
+
+def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Defaults, then the YAML recipe, then overrides; validated."""
+    cfg = Config()
+    if name_or_path:
+        path = find_config(name_or_path)
+        try:
+            d = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        try:
+            apply_dict(cfg, d)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    apply_overrides(cfg, overrides or [])
+    return cfg.validate()
+
+
+def save_config(cfg: Config, path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,75 @@
+"""Datasets: built-in digits, MNIST / Fashion-MNIST IDX files, and folders of images.
+
+Everything is loaded into memory as uint8 levels (:class:`ImageDataset`); models see
+``to_model(x, levels)`` in [-1, 1] and samples come back through ``from_model``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import ON_BAD_IMAGE, SPLITS, ImageDataset, default_data_root, from_model, to_model
+from .download import download
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "folder")
+
+__all__ = [
+    "DATASETS", "SPLITS", "ImageDataset", "default_data_root", "download", "from_model",
+    "load_dataset", "to_model",
+]
+
+
+def load_dataset(
+    name: str,
+    split: str,
+    *,
+    root: str | Path | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+    labels: bool | None = None,
+    on_bad_image: str = "error",
+    val_size: int | None = None,
+    binarize: bool = False,
+    seed: int = 0,
+) -> ImageDataset:
+    """Load one split of a dataset into memory.
+
+    Args:
+        name: one of ``DATASETS``.
+        split: "train" (train split minus validation), "val" (validation subset carved from the
+            train split), "train+val" (whole train split) or "test".
+        root: data directory (MNIST-style: the directory holding the four IDX files, default
+            ``default_data_root()/name``; folder: the image directory, required). Unused for digits.
+        image_size: output size (required for folders; digits only 8; MNIST resizes if not 28).
+        channels: 1 or 3 for folders (default 3); only 1 for digits and MNIST.
+        labels: attach class labels (``y``, ``num_classes``, ``class_names``); otherwise ``y`` is None.
+            None (default): yes for digits, MNIST and Fashion-MNIST, which always have labels; no for
+            folders, whose labels come from sub-folder names only when asked.
+        on_bad_image: "error" or "skip" for unreadable files in a folder.
+        val_size: size of the validation subset (defaults: digits 144, MNIST 5000, folder 10%).
+        binarize: threshold pixels at the middle level, giving ``levels == 2``.
+        seed: seed of the validation permutation (MNIST and folders; the digits split is fixed).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if on_bad_image not in ON_BAD_IMAGE:
+        raise ValueError(f"on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, got {on_bad_image!r}")
+
+    if labels is None:
+        labels = name != "folder"
+    if name == "digits":
+        from .digits import load_digits_dataset
+
+        return load_digits_dataset(split, image_size=image_size, channels=channels, labels=labels,
+                                   val_size=val_size, binarize=binarize)
+    if name in ("mnist", "fashion-mnist"):
+        from .idx import load_idx_dataset
+
+        return load_idx_dataset(name, split, root=root, image_size=image_size, channels=channels,
+                                labels=labels, val_size=val_size, binarize=binarize, seed=seed)
+    from .folder import load_folder_dataset
+
+    return load_folder_dataset(split, root=root, image_size=image_size, channels=channels, labels=labels,
+                               on_bad_image=on_bad_image, val_size=val_size, binarize=binarize, seed=seed)

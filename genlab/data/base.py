@@ -1,0 +1,127 @@
+"""The in-memory dataset type shared by all loaders, and the one pixel quantizer.
+
+Images are stored as small integers ("levels"): 0..16 for the scikit-learn digits,
+0..255 for MNIST and image folders, 0..1 when binarized.  Models see floats in
+[-1, 1]; :func:`to_model` and :func:`from_model` convert between the two and are the
+only place where that mapping is defined.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SPLITS = ("train", "val", "train+val", "test")
+ON_BAD_IMAGE = ("error", "skip")
+
+
+def default_data_root() -> Path:
+    """Directory where datasets are looked for and downloaded to.
+
+    ``$GENLAB_DATA`` if set, else ``$XDG_CACHE_HOME/genlab/data`` (``~/.cache/genlab/data``
+    when ``XDG_CACHE_HOME`` is unset).
+    """
+    env = os.environ.get("GENLAB_DATA")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "genlab" / "data"
+
+
+def to_model(levels_tensor: torch.Tensor, levels: int) -> torch.Tensor:
+    """Map integer levels ``0..levels-1`` to float32 in ``[-1, 1]``: ``v / (levels-1) * 2 - 1``.
+
+    For the digits (``levels=17``) this is exactly ``v / 8 - 1`` (all steps are powers of two).
+    """
+    if levels < 2:
+        raise ValueError(f"levels must be >= 2, got {levels}")
+    return levels_tensor.to(torch.float32) / (levels - 1) * 2 - 1
+
+
+def from_model(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """Quantize model-space floats back to uint8 levels: ``round((x+1)/2*(levels-1))`` clamped.
+
+    This is the single quantizer used everywhere (sampling, evaluation, saving images).
+    NaN maps to level 0, +-inf to the nearest end.
+    """
+    if not 2 <= levels <= 256:
+        raise ValueError(f"levels must be in 2..256 to fit uint8, got {levels}")
+    v = torch.round((x.to(torch.float32) + 1) / 2 * (levels - 1))
+    v = torch.nan_to_num(v, nan=0.0).clamp_(0, levels - 1)
+    return v.to(torch.uint8)
+
+
+def binarize(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """Threshold levels at the midpoint: ``v >= (levels-1)/2 -> 1`` (``v >= 128`` for 256 levels)."""
+    return (x.to(torch.int32) * 2 >= levels - 1).to(torch.uint8)
+
+
+@dataclass
+class ImageDataset:
+    """A whole image dataset split held in memory.
+
+    Attributes:
+        x: uint8 tensor ``N x C x H x W`` of integer levels ``0..levels-1``.
+        y: int64 labels ``(N,)``, or ``None`` when unlabeled.
+        levels: number of discrete pixel levels (17 digits, 256 MNIST/folders, 2 binarized).
+        num_classes: number of classes, 0 when unlabeled.
+        class_names: one name per class (empty when unlabeled).
+        name: dataset name, e.g. ``"digits"``.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor | None
+    levels: int
+    num_classes: int
+    class_names: list[str] = field(default_factory=list)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.x.dtype != torch.uint8 or self.x.dim() != 4:
+            raise ValueError(f"x must be a uint8 N x C x H x W tensor, got {self.x.dtype} {tuple(self.x.shape)}")
+        if self.y is not None:
+            if self.y.dtype != torch.int64 or self.y.shape != (self.x.shape[0],):
+                raise ValueError(f"y must be int64 of shape ({self.x.shape[0]},), got {self.y.dtype} {tuple(self.y.shape)}")
+            if self.num_classes <= 0:
+                raise ValueError("a labeled dataset needs num_classes > 0")
+        elif self.num_classes != 0:
+            raise ValueError("num_classes must be 0 when y is None")
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Image shape ``(C, H, W)``."""
+        c, h, w = self.x.shape[1:]
+        return int(c), int(h), int(w)
+
+    def batch(self, idx: torch.Tensor) -> dict:
+        """Return ``{"x": float32 N x C x H x W in [-1, 1], "y": int64 (labeled only)}`` for ``idx``."""
+        out = {"x": to_model(self.x[idx], self.levels)}
+        if self.y is not None:
+            out["y"] = self.y[idx]
+        return out
+
+
+def split_indices(order: np.ndarray, split: str, val_size: int) -> np.ndarray:
+    """Pick one split out of the shuffled train-split indices ``order``.
+
+    The validation subset is the last ``val_size`` entries of ``order``, "train" the rest,
+    "train+val" all of it.  ("test" is handled by each loader.)
+    """
+    n = len(order)
+    if not isinstance(val_size, (int, np.integer)) or isinstance(val_size, bool) or not 0 <= val_size < n:
+        raise ValueError(f"val_size must be an integer in 0..{n - 1} (the train split has {n} images), got {val_size!r}")
+    cut = n - int(val_size)
+    if split == "train":
+        return order[:cut]
+    if split == "val":
+        return order[cut:]
+    if split == "train+val":
+        return order
+    raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")

@@ -1,0 +1,145 @@
+"""A directory of your own images (.png/.jpg/.jpeg, searched recursively)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .base import ON_BAD_IMAGE, ImageDataset, binarize as binarize_levels, split_indices
+
+EXTENSIONS = (".png", ".jpg", ".jpeg")
+MIN_IMAGE_SIZE = 4
+
+
+def find_images(root: Path) -> list[Path]:
+    """All image files under ``root`` (case-insensitive extensions), sorted for determinism."""
+    files = [p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def load_image(path: Path, image_size: int, mode: str) -> np.ndarray:
+    """Decode one image, convert to ``mode`` ("L" or "RGB"), resize the shorter side to
+    ``image_size`` (Lanczos) and center-crop to a square.  Returns uint8 ``C x H x W``.
+
+    Raises whatever PIL raises for unreadable or truncated files.
+    """
+    with Image.open(path) as im:
+        im.load()  # decodes fully: truncated files fail here, not later
+        im = ImageOps.exif_transpose(im)
+        im = im.convert(mode)
+    w, h = im.size
+    scale = image_size / min(w, h)
+    new_w, new_h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        im = im.resize((new_w, new_h), Image.Resampling.LANCZOS)
+    left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
+    im = im.crop((left, top, left + image_size, top + image_size))
+    arr = np.asarray(im, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def load_folder_dataset(
+    split: str,
+    *,
+    root: str | Path | None,
+    image_size: int | None,
+    channels: int | None = None,
+    labels: bool = False,
+    on_bad_image: str = "error",
+    val_size: int | None = None,
+    binarize: bool = False,
+    seed: int = 0,
+) -> ImageDataset:
+    """Load a split of an image folder.
+
+    The split is made over the sorted list of files found: "val" is the last ``val_size``
+    (default 10% of the files, 0 under 10 files) of ``default_rng(seed).permutation(N)``,
+    "train" the rest.  Folders have no test split.  With ``labels=True`` each image's class is
+    its first sub-folder under ``root``.
+    """
+    if split == "test":
+        raise ValueError(
+            "folder datasets have no test split; use split 'val' (carved from your images) or "
+            "keep a separate folder of test images and load it with split 'train+val'"
+        )
+    if root is None:
+        raise ValueError("the folder dataset needs a directory: set data.root=DIR")
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"image folder {root} does not exist; set data.root to a directory of images")
+    if not root.is_dir():
+        raise NotADirectoryError(f"data.root {root} is a file; set data.root to the directory that contains the images")
+    if image_size is None:
+        raise ValueError("the folder dataset needs an image size: set data.image_size (e.g. 32 or 64)")
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"data.image_size must be an integer >= {MIN_IMAGE_SIZE}, got {image_size!r}")
+    if on_bad_image not in ON_BAD_IMAGE:
+        raise ValueError(f"data.on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, got {on_bad_image!r}")
+    channels = 3 if channels is None else channels
+    if channels not in (1, 3):
+        raise ValueError(f"data.channels must be 1 (grayscale) or 3 (RGB) for a folder dataset, got {channels!r}")
+
+    files = find_images(root)
+    if not files:
+        raise ValueError(
+            f"no images found under {root} (searched recursively for {', '.join(EXTENSIONS)}, any case); "
+            "put your images there or point data.root at the right directory"
+        )
+
+    targets = None
+    class_names: list[str] = []
+    if labels:
+        top = [p.relative_to(root).parts for p in files]
+        loose = [files[i] for i, parts in enumerate(top) if len(parts) == 1]
+        if loose:
+            raise ValueError(
+                f"labels=True takes each image's class from its sub-folder, but {len(loose)} image(s) lie "
+                f"directly in {root} (e.g. {loose[0].name}); move them into class sub-folders or set data.labels=false"
+            )
+        class_names = sorted({parts[0] for parts in top})
+        index = {name: i for i, name in enumerate(class_names)}
+        targets = np.array([index[parts[0]] for parts in top], dtype=np.int64)
+
+    n = len(files)
+    if val_size is None:
+        val_size = n // 10
+    order = np.random.default_rng(seed).permutation(n)
+    idx = split_indices(order, split, val_size)
+
+    mode = "L" if channels == 1 else "RGB"
+    arrays, kept, bad = [], [], []
+    for i in idx:
+        try:
+            arrays.append(load_image(files[i], image_size, mode))
+            kept.append(i)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            if on_bad_image == "error":
+                raise ValueError(
+                    f"cannot read image {files[i]}: {e}. Fix or delete it, or set data.on_bad_image=skip to skip unreadable images"
+                ) from e
+            bad.append(files[i])
+    if bad:
+        shown = ", ".join(str(p.relative_to(root)) for p in bad[:5])
+        warnings.warn(
+            f"skipped {len(bad)} unreadable image(s) under {root}: {shown}{' ...' if len(bad) > 5 else ''}",
+            stacklevel=3,
+        )
+    if len(idx) and not arrays:
+        raise ValueError(f"split {split!r} of {root} has no readable images")
+
+    if arrays:
+        x = torch.from_numpy(np.stack(arrays))
+    else:  # an empty split (e.g. "val" of a folder with fewer than 10 images)
+        x = torch.zeros((0, channels, image_size, image_size), dtype=torch.uint8)
+    levels = 256
+    if binarize:
+        x, levels = binarize_levels(x, levels), 2
+    if targets is not None:
+        y = torch.from_numpy(targets[np.asarray(kept, dtype=np.int64)])
+        return ImageDataset(x, y, levels, len(class_names), class_names, "folder")
+    return ImageDataset(x, None, levels, 0, [], "folder")
+

@@ -1,0 +1,116 @@
+"""Noise schedules of discrete-time diffusion, as small pure functions.
+
+Notation follows DDPM (Ho et al. 2020): ``beta_t`` is the variance added at step t, ``alpha_t = 1 - beta_t`` and
+``alpha_bar_t = prod_{s<=t} alpha_s`` (written ``alphas_cumprod`` in code), so that
+``q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)`` (DDPM eq. 4). Timesteps are 0-indexed:
+t = 0 is the first noising step, t = T - 1 the last, as in the reference implementations.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+SCHEDULES = ("linear", "cosine")
+
+
+def linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """DDPM's linear schedule (Ho et al. 2020, sec. 4): betas evenly spaced from beta_start to beta_end.
+
+    The defaults are the paper's values for T = 1000. They are not rescaled for other T (as in ``diffusers``):
+    with T much smaller than 1000, raise beta_end or the last step will not reach pure noise.
+    """
+    return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+
+
+def cosine_alpha_bar(t: torch.Tensor | float, s: float = 0.008) -> torch.Tensor:
+    """Improved DDPM eq. 17 (Nichol & Dhariwal 2021): alpha_bar(t) = f(t) / f(0), f(t) = cos((t + s)/(1 + s) * pi/2)^2,
+    for continuous t in [0, 1]."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    f0 = math.cos(s / (1 + s) * math.pi / 2) ** 2
+    return f / f0
+
+
+def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Betas of the cosine schedule: beta_t = 1 - alpha_bar((t+1)/T) / alpha_bar(t/T), clipped at max_beta
+    (improved DDPM, below eq. 17) to avoid a singularity at t = T."""
+    grid = torch.arange(T + 1, dtype=torch.float64) / T
+    ab = cosine_alpha_bar(grid, s)
+    return (1 - ab[1:] / ab[:-1]).clamp(max=max_beta)
+
+
+def make_betas(kind: str, T: int, **kw) -> torch.Tensor:
+    """Betas by name: ``linear`` (DDPM) or ``cosine`` (improved DDPM)."""
+    if kind == "linear":
+        return linear_betas(T, **kw)
+    if kind == "cosine":
+        return cosine_betas(T, **kw)
+    raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A discrete schedule of T steps. Tensors are float32 on the CPU (computed in float64 first);
+    ``.to(device)`` moves them.
+
+    alphas_cumprod[t] is alpha_bar_t; snr[t] = alpha_bar_t / (1 - alpha_bar_t) (Kingma et al. 2021, VDM eq. 2-3);
+    sigmas[t] = sqrt((1 - alpha_bar_t) / alpha_bar_t) is the noise level of the variance-exploding view
+    x_t / sqrt(alpha_bar_t) = x_0 + sigma_t * eps (Karras et al. 2022, EDM sec. 2).
+    """
+
+    betas: torch.Tensor
+
+    @classmethod
+    def create(cls, kind: str = "cosine", T: int = 1000, **kw) -> "Schedule":
+        return cls(make_betas(kind, T, **kw).to(torch.float32))
+
+    @property
+    def T(self) -> int:
+        return self.betas.shape[0]
+
+    @property
+    def alphas(self) -> torch.Tensor:
+        return 1.0 - self.betas
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return torch.cumprod(self.betas.double().neg().add(1.0), 0).to(self.betas.dtype)
+
+    @property
+    def snr(self) -> torch.Tensor:
+        ab = self.alphas_cumprod.double()
+        return (ab / (1 - ab)).to(self.betas.dtype)
+
+    @property
+    def sigmas(self) -> torch.Tensor:
+        ab = self.alphas_cumprod.double()
+        return ((1 - ab) / ab).sqrt().to(self.betas.dtype)
+
+    def to(self, device) -> "Schedule":
+        return Schedule(self.betas.to(device))
+
+
+def timesteps(T: int, steps: int, spacing: str = "leading", offset: int = 0) -> torch.Tensor:
+    """Which of the T training timesteps a sampler of ``steps`` steps visits, in decreasing order.
+
+    ``leading`` (DDIM's original choice, Song et al. 2021 sec. C.2): t = k * (T // steps) + offset, k = 0..steps-1.
+    ``trailing`` (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed", table 2): starts
+    at T - 1 so the first step sees pure noise. ``linspace``: round(linspace(0, T - 1, steps)).
+    Matches ``diffusers``' ``timestep_spacing`` options.
+    """
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be between 1 and the number of training timesteps T={T}, got {steps}")
+    if spacing == "leading":
+        ratio = T // steps
+        ts = torch.arange(steps, dtype=torch.int64) * ratio + offset
+    elif spacing == "trailing":
+        ratio = T / steps
+        ts = torch.round(torch.arange(T, 0, -ratio, dtype=torch.float64)).long() - 1
+        return ts
+    elif spacing == "linspace":
+        ts = torch.round(torch.linspace(0, T - 1, steps, dtype=torch.float64)).long()
+    else:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; choose leading, trailing or linspace")
+    return ts.flip(0)

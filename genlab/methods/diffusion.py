@@ -1,0 +1,121 @@
+"""Denoising diffusion (DDPM family) as a method: the training loss, a denoiser for samplers, and sampling.
+
+Training follows DDPM algorithm 1 (Ho et al. 2020) with the target chosen among eps (DDPM eq. 14), x0 and v
+(Salimans & Ho 2022), and an optional min-SNR-gamma weighting (Hang et al. 2023, eq. 8-10) that balances
+timesteps. Sampling goes through the samplers of :mod:`genlab.diffusion.samplers` with per-sample seeds.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..config import Config
+from ..diffusion import CountingDenoiser, Denoiser, PerSampleNoise, Schedule, get_sampler
+from ..diffusion.process import q_sample, target
+from ..nn import UNet
+from ..rng import StepRNG
+
+
+def snr_weight(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights (Hang et al. 2023): the eps-space weight min(SNR, gamma) / SNR, expressed for the
+    network's own target: x0 loss = SNR * eps loss, v loss = (SNR + 1) * eps loss."""
+    clipped = snr.clamp(max=gamma)
+    if prediction == "eps":
+        return clipped / snr
+    if prediction == "x0":
+        return clipped
+    return clipped / (snr + 1)
+
+
+class DiffusionMethod:
+    name = "diffusion"
+
+    def __init__(self, cfg: Config):
+        d = cfg.diffusion
+        self.cfg = cfg
+        kw = dict(beta_start=d.beta_start, beta_end=d.beta_end) if d.schedule == "linear" else {}
+        self.schedule = Schedule.create(d.schedule, d.timesteps, **kw)
+        self.alphas_cumprod = self.schedule.alphas_cumprod
+        self.snr = self.schedule.snr
+        self.prediction = d.prediction
+
+    # ------------------------------------------------------------------ model
+    def build_model(self, shape: tuple[int, int, int], num_classes: int = 0) -> torch.nn.Module:
+        m = self.cfg.model
+        c, h, w = shape
+        if h != w:
+            raise ValueError(f"the UNet expects square images, got {h}x{w}")
+        return UNet(in_channels=c, image_size=h, width=m.width, channel_mults=tuple(m.channel_mults),
+                    num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
+                    num_heads=m.num_heads, dropout=m.dropout, num_classes=num_classes if m.class_cond else 0)
+
+    # ------------------------------------------------------------------ training
+    def loss(self, model, batch: dict, rng: StepRNG) -> torch.Tensor:
+        """Mean over the batch of the (weighted) squared error of the network's target (DDPM eq. 14)."""
+        x0 = batch["x"]
+        n = x0.shape[0]
+        t = rng.randint(self.schedule.T)
+        eps = rng.randn(*x0.shape[1:])
+        drop = rng.rand()
+        ab = self.alphas_cumprod.to(x0.device)[t]
+        x_t = q_sample(x0, ab, eps)
+        y = batch.get("y") if self.cfg.model.class_cond else None
+        if y is not None and self.cfg.diffusion.cond_drop > 0:
+            null = getattr(model, "num_classes", None) or _unwrap(model).num_classes
+            y = torch.where(drop < self.cfg.diffusion.cond_drop, torch.full_like(y, null), y)
+        out = model(x_t, t, y) if y is not None else model(x_t, t)
+        err = F.mse_loss(out.float(), target(self.prediction, x0, eps, ab), reduction="none").reshape(n, -1).mean(1)
+        if self.cfg.diffusion.loss_weight == "min_snr":
+            err = err * snr_weight(self.snr.to(x0.device)[t], self.prediction, self.cfg.diffusion.min_snr_gamma)
+        return err.mean()
+
+    # ------------------------------------------------------------------ sampling
+    def denoiser(self, model, y: Optional[torch.Tensor] = None) -> Denoiser:
+        return Denoiser(model, self.schedule, self.prediction, y=y, clip=self.cfg.diffusion.clip_sample)
+
+    @torch.no_grad()
+    def sample(self, model, n: int, *, y: Optional[torch.Tensor] = None, sampler: Optional[str] = None,
+               steps: Optional[int] = None, eta: Optional[float] = None, spacing: Optional[str] = None,
+               variance: Optional[str] = None, seed: int = 0, batch_size: int = 256,
+               callback: Optional[Callable] = None, device=None, progress: bool = False) -> tuple[torch.Tensor, int]:
+        """Draw n images in [-1, 1]; sample i uses seed + i alone, so it does not depend on the batching.
+
+        Returns (images N x C x H x W on the CPU, network evaluations per sample). The callback (if given)
+        receives the step info of the first batch only.
+        """
+        s = self.cfg.sample
+        sampler = sampler or s.sampler
+        fn = get_sampler(sampler)
+        opts = {"spacing": spacing or s.spacing}
+        if sampler == "ddim":
+            opts["eta"] = s.eta if eta is None else eta
+        if sampler == "ddpm":
+            opts["variance"] = variance or s.variance
+        steps = steps or s.steps
+        device = device or next(model.parameters()).device
+        shape = (model.in_channels, model.image_size, model.image_size)
+        out, nfe = [], 0
+        was_training = model.training
+        model.eval()
+        schedule = self.schedule
+        starts = range(0, n, batch_size)
+        if progress:
+            from tqdm import tqdm
+            starts = tqdm(starts, desc=f"sampling {sampler}-{steps}", unit="batch", leave=False)
+        for b0 in starts:
+            b = min(batch_size, n - b0)
+            noise = PerSampleNoise(range(seed + b0, seed + b0 + b))
+            x_T = noise.randn((b, *shape), device)
+            yb = None if y is None else y[b0:b0 + b].to(device)
+            den = CountingDenoiser(self.denoiser(model, yb))
+            x = fn(den, x_T, schedule, steps, generator=noise, callback=callback if b0 == 0 else None, **opts)
+            out.append(x.clamp(-1, 1).cpu())
+            nfe = den.nfe
+        model.train(was_training)
+        return torch.cat(out), nfe
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)

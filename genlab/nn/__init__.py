@@ -1,0 +1,2 @@
+"""Backbones only: no method logic."""
+from .unet import UNet

@@ -1,0 +1,91 @@
+"""Pictures: sample grids, strips of the generation process, loss curves. PNG via Pillow, plots via matplotlib."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Images in [-1, 1], N x C x H x W -> uint8 N x H x W x C (display levels 0..255)."""
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def grid(x: torch.Tensor, nrow: Optional[int] = None, pad: int = 1, scale: int = 1,
+         pad_value: int = 255) -> Image.Image:
+    """Tile N images (in [-1, 1]) into one picture, nrow per row (default: square), upscaled by ``scale``
+    with nearest-neighbour so small pixels stay crisp."""
+    imgs = to_uint8(x)
+    n, h, w, c = imgs.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / nrow)
+    canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), pad_value, dtype=np.uint8)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = imgs[i]
+    img = Image.fromarray(canvas[..., 0] if c == 1 else canvas, mode="L" if c == 1 else "RGB")
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    return img
+
+
+def auto_scale(side: int, target: int = 48) -> int:
+    """Upscale factor that shows a side of ``side`` pixels at about ``target`` pixels."""
+    return max(1, round(target / side))
+
+
+def save_grid(x: torch.Tensor, path, nrow: Optional[int] = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid(x, nrow=nrow, scale=auto_scale(x.shape[-1])).save(path)
+    return path
+
+
+def process_strip(frames_xt: Sequence[torch.Tensor], frames_x0: Sequence[torch.Tensor], path,
+                  max_cols: int = 12) -> Path:
+    """A picture of the generation process: for each of a few samples, one row of x_t over the steps and
+    one row of x0_hat (the model's current guess of the clean image) under it."""
+    k = len(frames_xt)
+    cols = np.unique(np.linspace(0, k - 1, min(max_cols, k)).round().astype(int))
+    n = frames_xt[0].shape[0]
+    rows = []
+    for i in range(n):
+        rows.append(torch.stack([frames_xt[c][i] for c in cols]))
+        rows.append(torch.stack([frames_x0[c][i] for c in cols]))
+    allx = torch.cat(rows)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid(allx, nrow=len(cols), scale=auto_scale(allx.shape[-1])).save(path)
+    return path
+
+
+def loss_plot(metrics_jsonl, path) -> Optional[Path]:
+    """Training loss (and validation loss) against step, from a run's metrics.jsonl."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    tr = [(r["step"], r["loss"]) for r in recs if "loss" in r]
+    va = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
+    if not tr:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    ax.plot(*zip(*tr), label="train loss", lw=1.2)
+    if va:
+        ax.plot(*zip(*va), "o-", label="val loss (EMA)", ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
