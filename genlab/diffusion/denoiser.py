@@ -36,7 +36,7 @@ class Denoiser:
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(t, device=x_t.device).long().expand(x_t.shape[0])
         out = self.net(x_t, t, self.y) if self.y is not None else self.net(x_t, t)
-        out = out.float()
+        out = out.to(x_t.dtype)  # e.g. bf16 network outputs under autocast
         ab = self.alphas_cumprod.to(x_t.device)[t]
         x0, eps = to_x0_eps(self.prediction, out, x_t, ab)
         if self.clip:

@@ -1,0 +1,1 @@
+"""The one training loop, distributed helpers and checkpoints."""
