@@ -71,17 +71,18 @@ def describe(cfg: Config) -> str:
     return head + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-def train(config: Union[str, Config, None] = "digits_ddpm", overrides: Sequence[str] = (), *,
+def train(config: Union[str, Config, None] = None, overrides: Sequence[str] = (), *,
           name: Optional[str] = None, resume: bool = False, force: bool = False, dry_run: bool = False,
           runs_root=None, progress: bool = True) -> Optional[TrainResult]:
-    """Train a model into runs/NAME (see ``genlab train --help``). Returns None for a dry run."""
+    """Train a model into runs/NAME (see ``genlab train --help``). Returns None for a dry run.
+
+    config: a shipped recipe name, a YAML path or a Config; None means the run's saved config.yaml when
+    resuming, else ``digits_ddpm``. overrides: ``section.key=value`` strings applied on top."""
     from .train.loop import train as train_loop
 
-    if resume and name:
-        run_dir = Path(runs_root or RUNS_ROOT) / name
-        saved = run_dir / "config.yaml"
-        if config is None or config == "digits_ddpm" and saved.exists():
-            config = str(saved)
+    if config is None:  # a resumed run continues with its own config; otherwise the digits recipe
+        saved = Path(runs_root or RUNS_ROOT) / (name or "") / "config.yaml"
+        config = str(saved) if resume and name and saved.exists() else "digits_ddpm"
     cfg = resolve_config(config, overrides)
     if dry_run:
         print(describe(cfg))

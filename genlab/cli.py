@@ -15,8 +15,9 @@ def _add_train(sub):
     p = sub.add_parser("train", help="train a model (config recipe + key=value overrides)",
                        description="Train a model into runs/NAME. Example: genlab train --config digits_ddpm "
                                    "train.time_budget=60s model.width=48 --name quick")
-    p.add_argument("--config", "-c", default="digits_ddpm",
-                   help="shipped recipe name (see `genlab configs`) or path to a YAML file [digits_ddpm]")
+    p.add_argument("--config", "-c", default=None,
+                   help="shipped recipe name (see `genlab configs`) or path to a YAML file [digits_ddpm; with "
+                        "--resume: the run's own config.yaml]")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.lr=1e-3")
     p.add_argument("--name", help="run name: writes to runs/NAME [CONFIG-DATE-TIME]")
     p.add_argument("--resume", action="store_true", help="continue runs/NAME from its latest checkpoint")

@@ -218,7 +218,7 @@ def train(cfg: Config, run_dir, *, resume: bool = False, callbacks: tuple[Callba
         load_weights(ema, loaded["ema"], f"{path}/ema.safetensors")
         opt.load_state_dict(loaded["optimizer"])
         s = loaded["state"]
-        state = LoopState(step=s["step"], time_used=s["time_used"], best_val=s.get("best_val", math.inf),
+        state = LoopState(step=s["step"], time_used=s["time_used"], best_val=math.inf if s.get("best_val") is None else s["best_val"],
                           samples_seen=s.get("samples_seen", 0))
         ck.set_rng_state(s["rng"])
         if info.is_main:

@@ -1,0 +1,303 @@
+"""Training throughput of genlab's UNet against a diffusers ``UNet2DModel`` of the same size, side by side.
+
+Both models run the same training step on real batches of the configured dataset (digits by default):
+timesteps uniform in [0, T), Gaussian noise, x_t by ``q_sample`` on genlab's schedule, forward, MSE to the
+configured target (v for digits_ddpm), backward, AdamW step, zero_grad. genlab's step is ``method.loss``
+itself; the diffusers step repeats its few lines with the same random draws (same ``StepRNG`` stream).
+
+Measurement windows of ``--seconds`` alternate genlab, diffusers, genlab, diffusers, ... so drift in the
+machine's load hits both alike; images/s of a window = images trained / wall seconds of its steps. The table
+reports per model the median over windows (and min-max) and the ratio of the medians, genlab / diffusers.
+
+    .venv/bin/python benchmarks/throughput.py                      # defaults: 3 x 20 s windows each, 2 threads
+    .venv/bin/python benchmarks/throughput.py --seconds 2 --repeats 1 --warmup 2   # smoke test
+    .venv/bin/python benchmarks/throughput.py model.width=64 --json bench_out/w64.json
+    .venv/bin/python benchmarks/throughput.py --repeats 0 --profile --profile-model both   # profile only
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from genlab.config import load_config
+from genlab.data import load_dataset
+from genlab.diffusion.process import q_sample, target
+from genlab.methods import get_method
+from genlab.methods.diffusion import snr_weight
+from genlab.nn.unet import norm_groups
+from genlab.rng import StepRNG, mix_seed
+
+MODELS = ("genlab", "diffusers")
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+def diffusers_unet(cfg, shape):
+    """A ``diffusers.UNet2DModel`` that mirrors genlab's UNet block for block.
+
+    How it was matched: not by tuning widths but by building the same architecture from ``cfg.model``:
+    level i has width * channel_mults[i] channels (``block_out_channels``), ``num_res_blocks`` resnets per
+    down level and num_res_blocks + 1 per up level (diffusers' ``layers_per_block`` has the same meaning),
+    a stride-2 conv downsample / nearest + conv upsample between levels, attention blocks (``Attn*Block2D``)
+    at the levels whose side length is in ``attn_resolutions``, a resnet-attention-resnet mid block, a
+    sinusoidal time embedding of ``width`` channels into a 2-layer MLP of 4 * width, scale-shift time
+    conditioning (``resnet_time_scale_shift="scale_shift"``, genlab's AdaGN), pre-norm attention in the mid
+    block too (``attn_norm_num_groups``, which diffusers drops for scale_shift unless given) and heads of
+    width / num_heads channels at the first attention level. For digits_ddpm (width 32, mults (1, 2), one
+    res block, attention at 4x4, 4 heads) this gives (32, 64) channels, DownBlock2D + AttnDownBlock2D,
+    AttnUpBlock2D + UpBlock2D, attention_head_dim 16, and 755,009 parameters, exactly genlab's count.
+    Remaining differences: one GroupNorm group count for all layers (genlab picks one per width, which
+    changes no parameter count) and diffusers' q/k/v/out Linear layers instead of 1x1 convolutions.
+    """
+    from diffusers import UNet2DModel
+
+    m = cfg.model
+    c, size, _ = shape
+    chans = tuple(m.width * k for k in m.channel_mults)
+    attn = [size // 2 ** i in tuple(m.attn_resolutions) for i in range(len(chans))]
+    first_attn = next((ch for ch, a in zip(chans, attn) if a), chans[-1])
+    groups = norm_groups(m.width)  # divides every level width and every skip concatenation
+    return UNet2DModel(
+        sample_size=size, in_channels=c, out_channels=c,
+        block_out_channels=chans, layers_per_block=m.num_res_blocks,
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        norm_num_groups=groups, attn_norm_num_groups=groups,
+        attention_head_dim=max(1, first_attn // m.num_heads),
+        resnet_time_scale_shift="scale_shift", dropout=m.dropout,
+    )
+
+
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def make_optimizer(model, cfg):
+    """AdamW exactly as genlab's training loop builds it (decay on matrices only, same lr and betas)."""
+    t = cfg.train
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.dim() <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, betas=tuple(t.adam_betas))
+
+
+# ------------------------------------------------------------------------------------------------ steps
+
+def diffusers_loss(method, cfg, unet, batch, rng):
+    """The diffusers counterpart of ``DiffusionMethod.loss``: same draws, same target, same reduction."""
+    x0 = batch["x"]
+    n = x0.shape[0]
+    t = rng.randint(method.schedule.T)
+    eps = rng.randn(*x0.shape[1:])
+    rng.rand()  # the label-dropout draw genlab makes too, keeping both streams identical
+    ab = method.alphas_cumprod[t]
+    x_t = q_sample(x0, ab, eps)
+    out = unet(x_t, t).sample
+    err = F.mse_loss(out.float(), target(method.prediction, x0, eps, ab), reduction="none").reshape(n, -1).mean(1)
+    if cfg.diffusion.loss_weight == "min_snr":
+        err = err * snr_weight(method.snr[t], method.prediction, cfg.diffusion.min_snr_gamma)
+    return err.mean()
+
+
+class Runner:
+    """One model with its optimizer and a step counter; ``step()`` is one full training step."""
+
+    def __init__(self, name, model, loss_fn, cfg, data, batch_size, seed, loop_extras):
+        self.name, self.model, self.loss_fn, self.cfg = name, model.train(), loss_fn, cfg
+        self.data, self.batch_size, self.seed, self.loop_extras = data, batch_size, seed, loop_extras
+        self.opt = make_optimizer(model, cfg)
+        self.ema = copy.deepcopy(model).eval().requires_grad_(False) if loop_extras else None
+        self.i = 0
+
+    def batch(self):
+        """A batch of real images (x only, as for an unconditional model), drawn by (seed, step)."""
+        g = torch.Generator().manual_seed(mix_seed(self.seed, 1, self.i))
+        idx = torch.randint(len(self.data), (self.batch_size,), generator=g)
+        return {"x": self.data.batch(idx)["x"]}
+
+    def forward_backward(self):
+        rng = StepRNG(mix_seed(self.seed, 0, self.i), self.batch_size)
+        loss = self.loss_fn(self.model, self.batch(), rng)
+        loss.backward()
+        return loss
+
+    def step(self):
+        loss = self.forward_backward()
+        if self.loop_extras and self.cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(list(self.ema.parameters()), [p.detach() for p in self.model.parameters()],
+                                     1.0 - self.cfg.train.ema_decay)
+        self.i += 1
+        return loss
+
+    def window(self, seconds):
+        """Train for at least ``seconds``; returns (images, seconds spent in steps, steps)."""
+        steps, spent = 0, 0.0
+        while spent < seconds:
+            t0 = time.perf_counter()
+            loss = self.step()
+            spent += time.perf_counter() - t0
+            steps += 1
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"{self.name}: the loss became {loss.item()}")
+        return steps * self.batch_size, spent, steps
+
+    def flops_per_step(self):
+        """Forward + backward FLOPs of one step as counted by FlopCounterMode (convolutions, matmuls;
+        optimizer and elementwise work not included). None if the counter is unavailable."""
+        try:
+            from torch.utils.flop_counter import FlopCounterMode
+            with FlopCounterMode(display=False) as fc:
+                self.forward_backward()
+            self.opt.zero_grad(set_to_none=True)
+            return fc.get_total_flops()
+        except Exception as e:  # pragma: no cover - informative only
+            print(f"(FLOP count of {self.name} skipped: {e})", file=sys.stderr)
+            self.opt.zero_grad(set_to_none=True)
+            return None
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {"cpu": cpu or platform.machine(), "cpu_count": os.cpu_count(), "usable_cpus": usable,
+            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__}
+
+
+def profile(runner, steps, rows=15):
+    from torch.profiler import ProfilerActivity, profile as tprofile
+    runner.step()
+    with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            runner.step()
+    print(f"\n### torch.profiler: {runner.name}, {steps} steps, top {rows} ops by self CPU time\n")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.width=64")
+    ap.add_argument("--config", default="digits_ddpm", help="config name or YAML path (default: digits_ddpm)")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    ap.add_argument("--seconds", type=float, default=20.0, help="length of one measurement window (default 20)")
+    ap.add_argument("--repeats", type=int, default=3, help="windows per model, interleaved (default 3)")
+    ap.add_argument("--warmup", type=int, default=10, help="untimed steps per model first (default 10)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: the config's train.batch_size")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--loop-extras", action="store_true",
+                    help="also clip gradients (train.grad_clip) and update an EMA each step, as genlab's loop does")
+    ap.add_argument("--no-flops", action="store_true", help="skip the FLOP count (GFLOP/s column)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    ap.add_argument("--profile", action="store_true", help="after the windows, profile a few steps with torch.profiler")
+    ap.add_argument("--profile-steps", type=int, default=5)
+    ap.add_argument("--profile-model", choices=(*MODELS, "both"), default="genlab")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, overrides=list(args.overrides))
+    bs = args.batch_size or cfg.train.batch_size
+    d = cfg.data
+    data = load_dataset(d.name, "train", root=d.root, image_size=d.image_size, channels=d.channels, labels=False,
+                        on_bad_image=d.on_bad_image, val_size=d.val_size, binarize=d.binarize, seed=cfg.train.seed)
+    shape = tuple(data.shape)
+    method = get_method(cfg)
+
+    torch.manual_seed(args.seed)
+    g_model = method.build_model(shape=shape, num_classes=0)
+    torch.manual_seed(args.seed)
+    d_model = diffusers_unet(cfg, shape)
+    runners = {
+        "genlab": Runner("genlab", g_model, method.loss, cfg, data, bs, args.seed, args.loop_extras),
+        "diffusers": Runner("diffusers", d_model, lambda m, b, r: diffusers_loss(method, cfg, m, b, r),
+                            cfg, data, bs, args.seed, args.loop_extras),
+    }
+    params = {k: count_params(r.model) for k, r in runners.items()}
+    print(f"parameters: genlab {params['genlab']:,}, diffusers {params['diffusers']:,} "
+          f"({100 * (params['diffusers'] / params['genlab'] - 1):+.2f}%)", flush=True)
+    if abs(params["diffusers"] / params["genlab"] - 1) > 0.15:
+        print("warning: the parameter counts differ by more than 15%", file=sys.stderr)
+
+    flops = {k: (None if args.no_flops else r.flops_per_step()) for k, r in runners.items()}
+    for k, r in runners.items():
+        t0 = time.perf_counter()
+        for _ in range(args.warmup):
+            r.step()
+        if args.warmup:
+            print(f"warmup {k}: {args.warmup} steps in {time.perf_counter() - t0:.2f}s", flush=True)
+
+    windows = {k: [] for k in MODELS}
+    for rep in range(args.repeats):
+        for k in MODELS:
+            imgs, spent, steps = runners[k].window(args.seconds)
+            windows[k].append({"images": imgs, "seconds": spent, "steps": steps, "images_per_s": imgs / spent})
+            print(f"window {rep + 1}/{args.repeats} {k:9s}: {steps} steps, {imgs / spent:8.1f} images/s", flush=True)
+
+    info = machine()
+    results = {"config": args.config, "overrides": list(args.overrides), "batch_size": bs, "threads": args.threads,
+               "seconds": args.seconds, "repeats": args.repeats, "warmup": args.warmup,
+               "loop_extras": args.loop_extras, "machine": info, "models": {}}
+    if args.repeats > 0:
+        for k in MODELS:
+            ips = [w["images_per_s"] for w in windows[k]]
+            med = statistics.median(ips)
+            gflops = flops[k] / bs * med / 1e9 if flops[k] else None
+            results["models"][k] = {"parameters": params[k], "images_per_s_median": med, "images_per_s_min": min(ips),
+                                    "images_per_s_max": max(ips), "flops_per_image": flops[k] / bs if flops[k] else None,
+                                    "gflop_per_s": gflops, "windows": windows[k]}
+        ratio = results["models"]["genlab"]["images_per_s_median"] / results["models"]["diffusers"]["images_per_s_median"]
+        results["ratio_genlab_over_diffusers"] = ratio
+
+        print(f"\nmachine: {info['cpu']} ({info['cpu_count']} CPUs, {info['usable_cpus']} usable), "
+              f"{info['platform']}, python {info['python']}, torch {info['torch']}")
+        print(f"config {args.config} {' '.join(args.overrides)}; {args.repeats} x {args.seconds:g}s windows per model, "
+              f"interleaved; step = loss, backward, AdamW{' + clip + EMA' if args.loop_extras else ''}\n")
+        print("| model | parameters | batch | threads | images/s (median) | min-max | MFLOP/image | GFLOP/s | ratio |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for k in MODELS:
+            m = results["models"][k]
+            fpi = f"{m['flops_per_image'] / 1e6:.1f}" if m["flops_per_image"] else "-"
+            gfs = f"{m['gflop_per_s']:.1f}" if m["gflop_per_s"] else "-"
+            r = f"{ratio:.3f}" if k == "genlab" else "1"
+            print(f"| {k} | {m['parameters']:,} | {bs} | {args.threads} | {m['images_per_s_median']:.1f} | "
+                  f"{m['images_per_s_min']:.1f}-{m['images_per_s_max']:.1f} | {fpi} | {gfs} | {r} |")
+        print(f"\nratio genlab / diffusers (medians): {ratio:.3f} (target >= 1.0)")
+
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+    if args.profile:
+        for k in (MODELS if args.profile_model == "both" else (args.profile_model,)):
+            profile(runners[k], args.profile_steps)
+    return results
+
+
+if __name__ == "__main__":
+    main()
