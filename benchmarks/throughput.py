@@ -145,16 +145,19 @@ class Runner:
         return loss
 
     def window(self, seconds):
-        """Train for at least ``seconds``; returns (images, seconds spent in steps, steps)."""
-        steps, spent = 0, 0.0
-        while spent < seconds:
+        """Train for at least ``seconds`` (and at least one step); returns the window's record."""
+        times = []
+        while not times or sum(times) < seconds:
             t0 = time.perf_counter()
             loss = self.step()
-            spent += time.perf_counter() - t0
-            steps += 1
+            times.append(time.perf_counter() - t0)
         if not torch.isfinite(loss):
             raise RuntimeError(f"{self.name}: the loss became {loss.item()}")
-        return steps * self.batch_size, spent, steps
+        spent, images = sum(times), len(times) * self.batch_size
+        med = statistics.median(times)
+        return {"images": images, "seconds": spent, "steps": len(times), "images_per_s": images / spent,
+                "step_s_median": med, "step_s_min": min(times), "step_s_max": max(times),
+                "images_per_s_at_median_step": self.batch_size / med}
 
     def flops_per_step(self):
         """Forward + backward FLOPs of one step as counted by FlopCounterMode (convolutions, matmuls;
@@ -254,9 +257,13 @@ def main(argv=None):
     windows = {k: [] for k in MODELS}
     for rep in range(args.repeats):
         for k in MODELS:
-            imgs, spent, steps = runners[k].window(args.seconds)
-            windows[k].append({"images": imgs, "seconds": spent, "steps": steps, "images_per_s": imgs / spent})
-            print(f"window {rep + 1}/{args.repeats} {k:9s}: {steps} steps, {imgs / spent:8.1f} images/s", flush=True)
+            w = runners[k].window(args.seconds)
+            windows[k].append(w)
+            noisy = "  (noisy: slowest step > 2x the median; is something else using the CPUs?)" \
+                if w["step_s_max"] > 2 * w["step_s_median"] else ""
+            print(f"window {rep + 1}/{args.repeats} {k:9s}: {w['steps']:4d} steps, {w['images_per_s']:8.1f} images/s, "
+                  f"step median {1e3 * w['step_s_median']:.1f} ms (min {1e3 * w['step_s_min']:.1f}, "
+                  f"max {1e3 * w['step_s_max']:.1f}){noisy}", flush=True)
 
     info = machine()
     results = {"config": args.config, "overrides": list(args.overrides), "batch_size": bs, "threads": args.threads,

@@ -78,7 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # overrides may come anywhere after `train` (e.g. `genlab train --name x train.lr=1e-3 --resume`)
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if args.command != "train" or e.startswith("-") or "=" not in e]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if args.command == "train":
+        args.overrides = list(args.overrides) + extra
     from . import api
     from .train.checkpoint import CheckpointError
     from .train.loop import TrainingDiverged

@@ -1,0 +1,52 @@
+"""Two processes under torchrun (gloo, CPU) follow one process with the same global batch."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from genlab.train import checkpoint as ck
+
+from conftest import genlab_cmd
+
+
+def _losses(run: Path):
+    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_two_process_ddp_matches_one_process(tmp_path, tiny, subprocess_env):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun, "torchrun ships with torch"
+    args = ["train", *tiny, "train.max_steps=12", "train.log_every=1", "train.ckpt_every=6", "train.val_every=6",
+            "train.num_threads=1", "train.device=cpu", "--runs-dir", str(tmp_path), "--no-progress"]
+    one = subprocess.run(genlab_cmd(*args, "--name", "one"), env=subprocess_env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "genlab.cli", *args,
+                          "--name", "two"], env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(l1) == len(l2) == 12
+    for a, b in zip(l1, l2):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+    c1, c2 = ck.resolve_checkpoint(tmp_path / "one"), ck.resolve_checkpoint(tmp_path / "two")
+    assert ck.read_state(c2)["world_size"] == 2 and ck.read_state(c2)["samples_seen"] == 12 * 32
+    w1, w2 = load_file(str(c1 / "model.safetensors")), load_file(str(c2 / "model.safetensors"))
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], atol=1e-5, rtol=1e-4), k
+
+    # a checkpoint written by 2 processes resumes on 1 (and continues like the 1-process run)
+    more = [a for a in args if not a.startswith("train.max_steps")] + ["train.max_steps=18"]
+    r1 = subprocess.run(genlab_cmd(*more, "--name", "one", "--resume"), env=subprocess_env, capture_output=True,
+                        text=True)
+    r2 = subprocess.run(genlab_cmd(*more, "--name", "two", "--resume"), env=subprocess_env, capture_output=True,
+                        text=True)
+    assert r1.returncode == 0 and r2.returncode == 0, r2.stderr
+    l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(l1) == len(l2) == 18
+    for a, b in zip(l1[12:], l2[12:]):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
