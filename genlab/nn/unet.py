@@ -53,14 +53,15 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
         h = self.conv2(self.drop(F.silu(h)))
         return self.skip(x) + h
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over the pixels of a feature map, pre-norm, residual."""
+    """Multi-head self-attention over the pixels of a feature map (Vaswani et al. 2017), pre-norm, residual.
+    q, k, v are laid out (batch, heads, pixels, head_dim) contiguously so PyTorch can use its fused kernel."""
 
     def __init__(self, ch: int, num_heads: int = 4):
         super().__init__()
@@ -68,16 +69,18 @@ class Attention(nn.Module):
             num_heads -= 1
         self.heads = num_heads
         self.norm = nn.GroupNorm(norm_groups(ch), ch)
-        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
-        self.proj = nn.Conv2d(ch, ch, 1)
+        self.qkv = nn.Linear(ch, 3 * ch)
+        self.proj = nn.Linear(ch, ch)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
-        out = F.scaled_dot_product_attention(q, k, v)  # b, heads, hw, c/heads
-        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # b, hw, c
+        q, k, v = self.qkv(tokens).reshape(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous())  # b, heads, hw, d
+        out = self.proj(out.transpose(1, 2).reshape(b, h * w, c))
+        return x + out.transpose(1, 2).reshape(b, c, h, w)
 
 
 class UNet(nn.Module):
