@@ -295,11 +295,14 @@ def train(cfg: Config, run_dir, *, resume: bool = False, callbacks: tuple[Callba
     bar = None
     if progress and info.is_main:
         from tqdm import tqdm
+
+        tty = sys.stderr.isatty()
+        kw = dict(dynamic_ncols=True, file=sys.stderr, mininterval=0.1 if tty else 10.0)
         if t.max_steps:
-            bar = tqdm(total=t.max_steps, initial=state.step, unit="step", dynamic_ncols=True, file=sys.stderr)
+            bar = tqdm(total=t.max_steps, initial=state.step, unit="step", **kw)
         else:
-            bar = tqdm(total=round(budget_s), initial=round(state.time_used), unit="s", dynamic_ncols=True,
-                       file=sys.stderr, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]")
+            bar = tqdm(total=round(budget_s), initial=round(state.time_used), unit="s", **kw,
+                       bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]")
     ctx = Context(cfg, method, model, ema, state, run_dir, info, train_ds)
     last_ckpt: Optional[Path] = None
     history: list = []
@@ -370,16 +373,16 @@ def train(cfg: Config, run_dir, *, resume: bool = False, callbacks: tuple[Callba
             if bar is not None:
                 if t.max_steps:
                     bar.update(1)
-                else:
-                    bar.n = min(round(state.time_used), bar.total)
-                    bar.refresh()
+                elif round(state.time_used) > bar.n:
+                    bar.update(min(round(state.time_used), bar.total) - bar.n)
             if state.step % t.log_every == 0 or done():
                 rec = {"step": state.step, "loss": window_loss / window_n, "lr": lr,
                        "images_per_s": window_imgs / max(window_time, 1e-9), "time_used": state.time_used}
                 write_metrics(rec)
                 history.append(rec)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}", step=state.step)
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}", step=state.step,
+                                    refresh=False)
                 window_loss, window_n, window_time, window_imgs = 0.0, 0, 0.0, 0
 
             finishing = done() or stop_votes > 0
