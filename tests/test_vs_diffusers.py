@@ -142,3 +142,84 @@ def test_ddim_matches_diffusers(prediction, kind, eta, steps, clip):
     _free_run(ddim, schedule, den, x_T, steps, ref_x, eta=eta)
     ref_x32, _ = _reference_run(ref, x_T.float(), steps, {"eta": eta, "use_clipped_model_output": True})
     _free_run(ddim, schedule, den, x_T.float(), steps, ref_x32, tol=1e-4, eta=eta)
+
+
+# ----------------------------------------------------------------------------- fast samplers
+
+from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler  # noqa: E402
+
+from genlab.diffusion.samplers import _karras_levels, dpmpp_2m, euler, heun  # noqa: E402
+
+
+def _rel(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp(min=1)).item()
+
+
+def _reference_ve_run(sched, x_T, steps, dtype):
+    """diffusers' loop for schedulers working on sigmas (scale_model_input, then step)."""
+    sched.set_timesteps(steps)
+    x = x_T * sched.init_noise_sigma
+    xs, nfe = [], 0
+    for t in sched.timesteps:
+        out = toy_net(sched.scale_model_input(x, t), t.to(dtype).expand(x.shape[0]))
+        nfe += 1
+        x = sched.step(out, t, x).prev_sample
+        xs.append(x)
+    return xs, nfe
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("kind,steps", [("linear", 20), ("cosine", 10), ("cosine", 50), ("linear", 5)])
+def test_dpmpp_2m_matches_diffusers(prediction, kind, steps):
+    schedule = Schedule.create(kind, 1000)
+    ref = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule=SCHED[kind],
+                                      prediction_type=PRED[prediction], algorithm_type="dpmsolver++",
+                                      solver_order=2, timestep_spacing="trailing")
+    ref.alphas_cumprod = schedule.alphas_cumprod.clone()
+    ref.alpha_t, ref.sigma_t = ref.alphas_cumprod.sqrt(), (1 - ref.alphas_cumprod).sqrt()
+    ref.lambda_t = ref.alpha_t.log() - ref.sigma_t.log()
+    ref.sigmas = ((1 - ref.alphas_cumprod) / ref.alphas_cumprod) ** 0.5
+    x_T = torch.randn(4, 1, 6, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ref_xs, ref_nfe = _reference_ve_run(ref, x_T.clone(), steps, torch.float64)
+    xs = []
+    den = CountingDenoiser(Denoiser(toy_net, schedule, prediction, clip=False))
+    dpmpp_2m(den, x_T.clone(), schedule, steps, spacing="trailing", callback=lambda s: xs.append(s["x_t"]))
+    assert den.nfe == ref_nfe == steps
+    for k, (a, b) in enumerate(zip(xs, ref_xs)):
+        assert _rel(a, b) <= TOL, f"step {k}: {_rel(a, b)}"
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("kind,steps", [("linear", 10), ("cosine", 20)])
+@pytest.mark.parametrize("name", ["euler", "heun"])
+def test_karras_samplers_match_diffusers(name, prediction, kind, steps):
+    schedule = Schedule.create(kind, 1000)
+    cls = EulerDiscreteScheduler if name == "euler" else HeunDiscreteScheduler
+    ref = cls(num_train_timesteps=1000, beta_schedule=SCHED[kind], prediction_type=PRED[prediction],
+              use_karras_sigmas=True, timestep_spacing="linspace")
+    ref.alphas_cumprod = schedule.alphas_cumprod.clone()
+    x_T = torch.randn(3, 1, 5, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    ref_xs, ref_nfe = _reference_ve_run(ref, x_T.clone(), steps, torch.float64)
+    # diffusers rounds the Karras levels to float32 (at sigma ~ 1e4 that moves eps-prediction's x0 by ~1e-4), and
+    # starts from sigma_max * x_T instead of sqrt(1 + sigma_max^2) * x_T: give ours the same levels and start
+    levels = torch.cat([ref.sigmas[:1], ref.sigmas[1::2]]) if name == "heun" else ref.sigmas
+    assert torch.allclose(levels.double(), torch.tensor(_karras_levels(schedule, steps), dtype=torch.float64),
+                          rtol=1e-6)
+    s0 = levels[0].double()
+    x_start = x_T * s0 / (1 + s0 ** 2).sqrt()
+    xs = []
+    den = CountingDenoiser(Denoiser(toy_net, schedule, prediction, clip=False))
+    fn = euler if name == "euler" else heun
+    out = fn(den, x_start, schedule, steps, sigmas=levels, callback=lambda s: xs.append(s["x_t"]))
+    assert den.nfe == ref_nfe == (steps if name == "euler" else 2 * steps - 1)
+    if name == "heun":  # diffusers yields after each half step (2 calls a step, 1 for the last one to sigma 0)
+        ref_xs = ref_xs[1::2] + [ref_xs[-1]]
+    assert len(ref_xs) == steps
+    sig = levels.tolist()
+    # eps-prediction on the cosine schedule starts at sigma ~ 2e4, where x0 = x - sigma * eps multiplies the
+    # float32 rounding of diffusers' timesteps (~1e-9 in the toy network's output) by 2e4: 1e-4 there
+    tol = 1e-4 if (kind, prediction) == ("cosine", "eps") else TOL
+    for k, (a, b) in enumerate(zip(xs, ref_xs)):  # ours reports VP-space states; diffusers keeps VE ones
+        b_vp = b / (1 + sig[k + 1] ** 2) ** 0.5
+        assert _rel(a, b_vp) <= tol, f"step {k}: {_rel(a, b_vp)}"
+    assert _rel(out, ref_xs[-1]) <= tol

@@ -28,16 +28,17 @@ class Denoiser:
                  clip: bool = True):
         self.net = net
         self.schedule = schedule
-        self.alphas_cumprod = schedule.alphas_cumprod
         self.prediction = prediction
         self.y = y
         self.clip = clip
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.as_tensor(t, device=x_t.device).long().expand(x_t.shape[0])
+        """t: integer timesteps, or fractional ones (samplers on continuous noise levels such as Heun on
+        Karras sigmas); the network's sinusoidal embedding takes either."""
+        t = torch.as_tensor(t, device=x_t.device).expand(x_t.shape[0])
         out = self.net(x_t, t, self.y) if self.y is not None else self.net(x_t, t)
         out = out.to(x_t.dtype)  # e.g. bf16 network outputs under autocast
-        ab = self.alphas_cumprod.to(x_t.device)[t]
+        ab = self.schedule.alpha_bar_at(t).to(x_t.device)
         x0, eps = to_x0_eps(self.prediction, out, x_t, ab)
         if self.clip:
             x0 = x0.clamp(-1, 1)

@@ -9,11 +9,12 @@ dict holding ``i``, ``t``, ``x_t`` (the state after the step) and ``x0_hat``.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Union
 
 import torch
 
-from .schedules import Schedule, timesteps
+from .schedules import Schedule, karras_sigmas, timesteps
 
 
 class PerSampleNoise:
@@ -110,7 +111,106 @@ def ddim(denoiser, x_T: torch.Tensor, schedule: Schedule, steps: int = 50, *, ge
     return x
 
 
-SAMPLERS = {"ddpm": ddpm, "ddim": ddim}
+@torch.no_grad()
+def dpmpp_2m(denoiser, x_T: torch.Tensor, schedule: Schedule, steps: int = 20, *, generator: Noise = None,
+             callback: Optional[Callable] = None, spacing: str = "trailing") -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", algorithm 2, data prediction, multistep, midpoint form)
+    on the visited timesteps, then a last first-order step to the clean image. With alpha_t = sqrt(alpha_bar_t),
+    sigma_t = sqrt(1 - alpha_bar_t), lambda_t = log(alpha_t / sigma_t), h = lambda_s - lambda_t:
+        first order (= DDIM):  x_s = sigma_s / sigma_t x_t - alpha_s (e^{-h} - 1) D,   D = x0_hat
+        second order:          D = (1 + 1 / (2 r)) x0_hat_t - 1 / (2 r) x0_hat_prev,  r = h_prev / h
+    The first and last steps are first order (as in ``diffusers`` with ``final_sigmas_type="zero"``).
+    One network evaluation per step. Deterministic; ``generator`` is unused."""
+    ts = timesteps(schedule.T, steps, spacing)
+    ab = schedule.alphas_cumprod.double()
+    x = x_T
+    prev_x0, h_prev = None, None
+    for i, t in enumerate(ts.tolist()):
+        x0, _ = denoiser(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
+        if i + 1 == len(ts):  # to sigma = 0: lambda = inf, the update returns the data prediction
+            x_next = x0
+        else:
+            a_t, a_s = ab[t].item(), ab[ts[i + 1]].item()
+            lam_t, lam_s = 0.5 * math.log(a_t / (1 - a_t)), 0.5 * math.log(a_s / (1 - a_s))
+            h = lam_s - lam_t
+            d = x0
+            if prev_x0 is not None:
+                r = h_prev / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev_x0
+            x_next = math.sqrt((1 - a_s) / (1 - a_t)) * x - math.sqrt(a_s) * math.expm1(-h) * d
+            h_prev = h
+        prev_x0 = x0
+        x = x_next
+        if callback is not None:
+            callback({"i": i, "t": t, "x_t": x, "x0_hat": x0})
+    return x
+
+
+def _karras_levels(schedule: Schedule, steps: int, rho: float = 7.0, sigmas=None) -> list[float]:
+    """Karras levels between the schedule's smallest and largest sigma, then 0 (or the given ``sigmas``)."""
+    if sigmas is not None:
+        levels = torch.as_tensor(sigmas, dtype=torch.float64)
+        if len(levels) != steps + 1 or levels[-1] != 0 or not (levels[:-1] > levels[1:]).all():
+            raise ValueError(f"sigmas must be {steps} decreasing positive noise levels followed by 0")
+        return levels.tolist()
+    sig = schedule.sigmas.double()
+    return torch.cat([karras_sigmas(sig[0].item(), sig[-1].item(), steps, rho),
+                      torch.zeros(1, dtype=torch.float64)]).tolist()
+
+
+def _edm_denoise(denoiser, x_ve: torch.Tensor, sigma: float, schedule: Schedule):
+    """D(x; sigma) of EDM from a VP denoiser: x_VE = x_VP / sqrt(alpha_bar) with alpha_bar = 1 / (1 + sigma^2),
+    evaluated at the fractional timestep of sigma (Karras et al. 2022, table 1, "VP" column)."""
+    t = schedule.sigma_to_t(torch.tensor(sigma)).float().to(x_ve.device)
+    x0, _ = denoiser(x_ve / math.sqrt(1 + sigma ** 2), t.expand(x_ve.shape[0]))
+    return x0
+
+
+@torch.no_grad()
+def euler(denoiser, x_T: torch.Tensor, schedule: Schedule, steps: int = 20, *, generator: Noise = None,
+          callback: Optional[Callable] = None, rho: float = 7.0, sigmas=None) -> torch.Tensor:
+    """Euler's method on the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma (Karras et al. 2022,
+    eq. 4 and algorithm 1 without the correction), on Karras sigmas (eq. 5) or the given ``sigmas`` (steps + 1
+    levels ending in 0). One evaluation per step."""
+    sigmas = _karras_levels(schedule, steps, rho, sigmas)
+    x = x_T * math.sqrt(1 + sigmas[0] ** 2)
+    for i in range(steps):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        x0 = _edm_denoise(denoiser, x, s, schedule)
+        x = x + (s_next - s) * (x - x0) / s
+        if callback is not None:
+            callback({"i": i, "t": s_next, "x_t": x / math.sqrt(1 + s_next ** 2), "x0_hat": x0})
+    return x
+
+
+@torch.no_grad()
+def heun(denoiser, x_T: torch.Tensor, schedule: Schedule, steps: int = 10, *, generator: Noise = None,
+         callback: Optional[Callable] = None, rho: float = 7.0, sigmas=None) -> torch.Tensor:
+    """Heun's second-order method (Karras et al. 2022, algorithm 1, deterministic) on Karras sigmas: an Euler
+    step, then the average of the slopes at both ends, except on the last step to sigma = 0 (plain Euler).
+    ``steps`` noise levels cost 2 * steps - 1 network evaluations."""
+    sigmas = _karras_levels(schedule, steps, rho, sigmas)
+    x = x_T * math.sqrt(1 + sigmas[0] ** 2)
+    for i in range(steps):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        x0 = _edm_denoise(denoiser, x, s, schedule)
+        d = (x - x0) / s
+        x_pred = x + (s_next - s) * d
+        if s_next > 0:
+            x0_next = _edm_denoise(denoiser, x_pred, s_next, schedule)
+            x_pred = x + (s_next - s) * (d + (x_pred - x0_next) / s_next) / 2
+        x = x_pred
+        if callback is not None:
+            callback({"i": i, "t": s_next, "x_t": x / math.sqrt(1 + s_next ** 2), "x0_hat": x0})
+    return x
+
+
+def heun_steps_for(nfe: int) -> int:
+    """Noise levels for Heun with at most ``nfe`` network evaluations (2 * steps - 1 <= nfe)."""
+    return max(1, (nfe + 1) // 2)
+
+
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpmpp-2m": dpmpp_2m, "euler": euler, "heun": heun}
 
 
 def get_sampler(name: str):

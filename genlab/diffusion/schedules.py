@@ -88,8 +88,39 @@ class Schedule:
         ab = self.alphas_cumprod.double()
         return ((1 - ab) / ab).sqrt().to(self.betas.dtype)
 
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Continuous timestep of a noise level: linear interpolation of log sigma between the neighbouring
+        integer timesteps (as k-diffusion's ``DiscreteSchedule.sigma_to_t``), clamped to [0, T - 1]."""
+        log_sigmas = self.sigmas.double().log()
+        ls = torch.as_tensor(sigma, dtype=torch.float64).clamp(min=1e-10).log()
+        idx = torch.searchsorted(log_sigmas, ls.reshape(-1)).clamp(1, self.T - 1)
+        lo, hi = log_sigmas[idx - 1], log_sigmas[idx]
+        w = ((ls.reshape(-1) - lo) / (hi - lo)).clamp(0, 1)
+        return (idx - 1 + w).reshape(ls.shape)
+
+    def alpha_bar_at(self, t: torch.Tensor) -> torch.Tensor:
+        """alpha_bar at integer or fractional timesteps; fractional ones interpolate log sigma linearly (the
+        inverse of :meth:`sigma_to_t`), so alpha_bar = 1 / (1 + sigma^2) holds exactly there too."""
+        t = torch.as_tensor(t)
+        if not t.is_floating_point():
+            return self.alphas_cumprod.to(t.device)[t]
+        log_sigmas = self.sigmas.double().log().to(t.device)
+        tc = t.double().clamp(0, self.T - 1)
+        lo = tc.floor().long().clamp(max=self.T - 2)
+        w = tc - lo
+        log_sigma = (1 - w) * log_sigmas[lo] + w * log_sigmas[lo + 1]
+        return 1 / (1 + torch.exp(2 * log_sigma))  # float64; callers cast to their dtype
+
     def to(self, device) -> "Schedule":
         return Schedule(self.betas.to(device))
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> torch.Tensor:
+    """EDM's noise levels (Karras et al. 2022, eq. 5): sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) -
+    sigma_max^(1/rho)))^rho for i = 0..n-1, decreasing; samplers append sigma = 0."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
 
 
 def timesteps(T: int, steps: int, spacing: str = "leading", offset: int = 0) -> torch.Tensor:
