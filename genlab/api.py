@@ -21,13 +21,25 @@ from .config import Config, ConfigError, apply_overrides, find_config, from_dict
 from .data import from_model, to_model
 from .train import checkpoint as ck
 from .train.dist import pick_device
-from .train.loop import Callback, Context, TrainResult, load_weights
+from .train.checkpoint import load_weights
+from .train.loop import Callback, Context, TrainResult
 
 RUNS_ROOT = Path(os.environ.get("GENLAB_RUNS", "runs"))
 
 
 def _rank() -> int:
+    """This process's rank under torchrun (before the process group exists), 0 otherwise."""
     return int(os.environ.get("RANK", "0"))
+
+
+def load_data(cfg: Config, split: str):
+    """One split of the configured dataset."""
+    from .data import load_dataset
+
+    d = cfg.data
+    return load_dataset(d.name, split, root=d.root, image_size=d.image_size, channels=d.channels,
+                        labels=d.labels or None, on_bad_image=d.on_bad_image, val_size=d.val_size,
+                        binarize=d.binarize, seed=d.split_seed)
 
 
 def prepare_run_dir(name: str, *, runs_root=None, resume=False, force=False) -> Path:
@@ -58,12 +70,9 @@ def resolve_config(config: Union[str, Config, None], overrides: Sequence[str] = 
 
 def describe(cfg: Config) -> str:
     """The resolved config as YAML, plus the data and model sizes (what ``--dry-run`` prints)."""
-    from .data import load_dataset
     from .methods import get_method
 
-    d = cfg.data
-    ds = load_dataset(d.name, "train", root=d.root, image_size=d.image_size, channels=d.channels,
-                      labels=d.labels or None, on_bad_image=d.on_bad_image, val_size=d.val_size, binarize=d.binarize)
+    ds = load_data(cfg, "train")
     model = get_method(cfg).build_model(ds.shape, ds.num_classes)
     n_params = sum(p.numel() for p in model.parameters())
     head = (f"# data: {ds.name}, {len(ds)} train images of shape {tuple(ds.shape)}, {ds.levels} levels, "
@@ -78,11 +87,14 @@ def train(config: Union[str, Config, None] = None, overrides: Sequence[str] = ()
 
     config: a shipped recipe name, a YAML path or a Config; None means the run's saved config.yaml when
     resuming, else ``digits_ddpm``. overrides: ``section.key=value`` strings applied on top."""
+    from .methods import get_method
     from .train.loop import train as train_loop
 
+    if resume and not name:
+        raise ValueError("--resume needs the --name of the run to continue")
     if config is None:  # a resumed run continues with its own config; otherwise the digits recipe
         saved = Path(runs_root or RUNS_ROOT) / (name or "") / "config.yaml"
-        config = str(saved) if resume and name and saved.exists() else "digits_ddpm"
+        config = str(saved) if resume and saved.exists() else "digits_ddpm"
     cfg = resolve_config(config, overrides)
     if dry_run:
         print(describe(cfg))
@@ -90,19 +102,26 @@ def train(config: Union[str, Config, None] = None, overrides: Sequence[str] = ()
     if name is None:
         stem = Path(config).stem if isinstance(config, str) else cfg.method
         name = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    train_ds, val_ds = load_data(cfg, "train"), load_data(cfg, "val")
+    if cfg.model.class_cond and train_ds.num_classes == 0:
+        raise ValueError(f"model.class_cond=true needs labels, but data {cfg.data.name!r} has none here "
+                         "(for a folder, set data.labels=true and put each class in its own sub-folder)")
+    method = get_method(cfg)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights in every process
+    model = method.build_model(train_ds.shape, train_ds.num_classes)
     run_dir = prepare_run_dir(name, runs_root=runs_root, resume=resume, force=force)
     if _rank() == 0:
-        save_config(cfg, run_dir / "config.yaml")
         print(f"run directory: {run_dir}", file=sys.stderr)
     callbacks = [Callback(_grid_callback, every=cfg.train.sample_every)]
-    return train_loop(cfg, run_dir, resume=resume, callbacks=tuple(callbacks), progress=progress)
+    return train_loop(cfg, run_dir, method=method, model=model, train_data=train_ds, val_data=val_ds,
+                      resume=resume, callbacks=tuple(callbacks), progress=progress)
 
 
 def _grid_callback(ctx: Context) -> None:
     """Sample grid of the EMA model during training (samples/step_N.png) and at the end (samples.png)."""
     cfg = ctx.cfg
     n = min(cfg.sample.n, 64)
-    y = _default_labels(n, ctx.data.num_classes) if cfg.model.class_cond else None
+    y = default_labels(n, ctx.data.num_classes, seed=0) if cfg.model.class_cond else None
     x, _ = ctx.method.sample(ctx.ema, n, y=y, seed=0)
     x = quantize(x, ctx.data.levels)
     from .report.images import save_grid
@@ -111,8 +130,9 @@ def _grid_callback(ctx: Context) -> None:
     save_grid(x, path, nrow=8 if n >= 8 else None)
 
 
-def _default_labels(n: int, num_classes: int) -> Optional[torch.Tensor]:
-    return torch.arange(n) % num_classes if num_classes else None
+def default_labels(n: int, num_classes: int, seed: int = 0) -> Optional[torch.Tensor]:
+    """Sample i gets class (seed + i) mod K, so a sample's label, like its noise, depends on its seed alone."""
+    return (torch.arange(seed, seed + n) % num_classes) if num_classes else None
 
 
 def quantize(x: torch.Tensor, levels: int) -> torch.Tensor:
@@ -159,9 +179,12 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
     levels = info["levels"]
     y = None
     if cfg.model.class_cond:
-        y = torch.as_tensor(labels) if labels is not None else _default_labels(n, info["num_classes"])
+        k = info["num_classes"]
+        y = torch.as_tensor(labels).long() if labels is not None else default_labels(n, k, seed)
         if len(y) != n:
             raise ValueError(f"got {len(y)} labels for {n} samples")
+        if ((y < 0) | (y >= k)).any():
+            raise ValueError(f"labels must be in 0..{k - 1} (classes: {', '.join(info['class_names'])})")
     elif labels is not None:
         raise ValueError("this model is unconditional (model.class_cond is false); labels cannot be used")
     if process:
@@ -201,14 +224,14 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
     return x, nfe, path
 
 
-def demo(*, name: str = "demo", time_budget: str = "100s", runs_root=None, force: bool = True,
+def demo(*, name: str = "demo", time_budget: str = "100s", runs_root=None, force: bool = False,
          progress: bool = True) -> Path:
     """Train the digits recipe for about two minutes on the CPU, then write samples.png, process.png and
-    loss.png under runs/NAME."""
+    loss.png under runs/NAME. runs/demo is replaced each time; another existing name needs ``force``."""
     from .report.images import loss_plot
 
     t0 = time.time()
-    res = train("digits_ddpm", [f"train.time_budget={time_budget}"], name=name, force=force,
+    res = train("digits_ddpm", [f"train.time_budget={time_budget}"], name=name, force=force or name == "demo",
                 runs_root=runs_root, progress=progress)
     run_dir = res.run_dir
     sample(run_dir, n=8, process=True, out=run_dir / "process.png", seed=0)

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from .config import ConfigError
+from .diffusion.samplers import SAMPLERS
 
 
 def _add_train(sub):
@@ -34,12 +35,13 @@ def _add_sample(sub):
                                    "N x C x H x W), or DIR/ (one PNG per sample, named by its seed).")
     p.add_argument("--ckpt", required=True, help="run directory (runs/NAME) or checkpoint directory")
     p.add_argument("--n", type=int, default=64, help="number of samples [64]")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="[the config's sample.sampler]")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps [the config's sample.steps]")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="[the config's sample.sampler]")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps [the config's sample.steps]; Heun makes 2 * steps - 1 evaluations")
     p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic, 1 DDPM-like")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i [0]")
     p.add_argument("--batch-size", type=int, default=256, help="samples per batch [256]")
-    p.add_argument("--out", default="samples.png", help="output .png / .npy / DIR/ [samples.png]")
+    p.add_argument("--out", default=None, help="output .png / .npy / DIR/ [samples.png; process.png with --process]")
     p.add_argument("--process", action="store_true", help="write x_t and x0_hat over the steps as a strip")
     p.add_argument("--labels", type=int, nargs="+", default=None, help="class labels (class-conditional models)")
     p.add_argument("--which", choices=["latest", "best"], default="latest", help="checkpoint of a run [latest]")
@@ -52,7 +54,7 @@ def _add_demo(sub):
     p.add_argument("--name", default="demo")
     p.add_argument("--time-budget", default="100s", help="training time [100s]")
     p.add_argument("--runs-dir", default=None)
-    p.add_argument("--force", action="store_true", default=True, help=argparse.SUPPRESS)
+    p.add_argument("--force", action="store_true", help="replace an existing runs/NAME (runs/demo always is)")
 
 
 def _add_data(sub):
@@ -87,6 +89,7 @@ def main(argv=None) -> int:
     if args.command == "train":
         args.overrides = list(args.overrides) + extra
     from . import api
+    from .data.download import DownloadError
     from .train.checkpoint import CheckpointError
     from .train.loop import TrainingDiverged
 
@@ -100,13 +103,14 @@ def main(argv=None) -> int:
                 print(f"trained {res.state.step} steps in {res.state.time_used:.1f}s; checkpoint: "
                       f"{res.checkpoint}{tail}")
         elif args.command == "sample":
+            out = args.out or ("process.png" if args.process else "samples.png")
             _, nfe, path = api.sample(args.ckpt, n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                                      seed=args.seed, batch_size=args.batch_size, out=args.out,
+                                      seed=args.seed, batch_size=args.batch_size, out=out,
                                       process=args.process, labels=args.labels, which=args.which,
                                       use_ema=not args.raw, device=args.device)
             print(f"wrote {path} ({nfe} network evaluations per sample)")
         elif args.command == "demo":
-            api.demo(name=args.name, time_budget=args.time_budget, runs_root=args.runs_dir)
+            api.demo(name=args.name, time_budget=args.time_budget, runs_root=args.runs_dir, force=args.force)
         elif args.command == "data":
             from .data import download
 
@@ -118,8 +122,7 @@ def main(argv=None) -> int:
             for f in sorted(CONFIG_DIR.glob("*.yaml")):
                 first = f.read_text().splitlines()[0].lstrip("# ")
                 print(f"{f.stem:20s} {first}")
-    except (ConfigError, CheckpointError, TrainingDiverged, FileExistsError, FileNotFoundError, ValueError,
-            RuntimeError) as e:
+    except (ConfigError, CheckpointError, TrainingDiverged, DownloadError, OSError, ValueError) as e:
         print(f"genlab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -33,6 +33,7 @@ class DataConfig:
     on_bad_image: str = "error"        # folder: error | skip
     val_size: Optional[int] = None     # validation images carved from the train split (default per dataset)
     binarize: bool = False             # mnist-style: threshold at 128 (2 levels)
+    split_seed: int = 0                # seed of the validation split (MNIST, folders; digits' B1 split is fixed)
 
 
 @dataclass
@@ -87,10 +88,10 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = "ddim"              # ddpm | ddim
-    steps: int = 50
+    sampler: str = "ddim"              # ddpm | ddim | dpmpp-2m | euler | heun
+    steps: int = 50                    # Heun: noise levels (2 * steps - 1 network evaluations)
     eta: float = 0.0                   # DDIM noise (0: deterministic, 1: DDPM-like)
-    spacing: str = "trailing"          # leading | trailing | linspace
+    spacing: str = "trailing"          # timesteps of ddpm, ddim, dpmpp-2m: leading | trailing | linspace
     variance: str = "small"            # ddpm posterior variance: small (beta tilde) | large (beta)
     n: int = 64
     use_ema: bool = True
@@ -113,19 +114,26 @@ class Config:
         return self
 
 
-CHOICES = {
-    "method": ("diffusion",),
-    "data.name": ("digits", "mnist", "fashion-mnist", "folder"),
-    "data.on_bad_image": ("error", "skip"),
-    "diffusion.schedule": ("linear", "cosine"),
-    "diffusion.prediction": ("eps", "x0", "v"),
-    "diffusion.loss_weight": ("none", "min_snr"),
-    "train.lr_schedule": ("cosine", "constant"),
-    "train.precision": ("auto", "fp32", "bf16", "fp16"),
-    "sample.sampler": ("ddpm", "ddim"),
-    "sample.spacing": ("leading", "trailing", "linspace"),
-    "sample.variance": ("small", "large"),
-}
+def _choices() -> dict:
+    """Allowed values, taken from the registries that implement them."""
+    from .data import DATASETS
+    from .diffusion.process import PREDICTIONS
+    from .diffusion.samplers import SAMPLERS, SPACINGS
+    from .diffusion.schedules import SCHEDULES
+
+    return {
+        "method": ("diffusion",),
+        "data.name": DATASETS,
+        "data.on_bad_image": ("error", "skip"),
+        "diffusion.schedule": SCHEDULES,
+        "diffusion.prediction": PREDICTIONS,
+        "diffusion.loss_weight": ("none", "min_snr"),
+        "train.lr_schedule": ("cosine", "constant"),
+        "train.precision": ("auto", "fp32", "bf16", "fp16"),
+        "sample.sampler": tuple(SAMPLERS),
+        "sample.spacing": SPACINGS,
+        "sample.variance": ("small", "large"),
+    }
 
 
 def parse_duration(value) -> float:
@@ -141,7 +149,7 @@ def parse_duration(value) -> float:
 
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first bad value and what is allowed."""
-    for key, allowed in CHOICES.items():
+    for key, allowed in _choices().items():
         v = get_key(cfg, key)
         if v not in allowed:
             raise ConfigError(f"{key}={v!r} is not allowed; choose one of {', '.join(allowed)}")

@@ -92,3 +92,48 @@ def test_checkpoint_config_mismatch_is_named(run, tmp_path):
 def test_configs_lists_recipes(capsys):
     assert main(["configs"]) == 0
     assert "digits_ddpm" in capsys.readouterr().out
+
+
+def test_fast_samplers_from_the_cli(run, tmp_path, capsys):
+    for sampler, steps, nfe in (("dpmpp-2m", 6, 6), ("heun", 4, 7), ("euler", 5, 5)):
+        assert main(["sample", "--ckpt", str(run), "--n", "2", "--sampler", sampler, "--steps", str(steps),
+                     "--out", str(tmp_path / f"{sampler}.png")]) == 0
+        assert f"({nfe} network evaluations per sample)" in capsys.readouterr().out
+
+
+def test_resume_needs_a_name_and_process_default_output(run, tmp_path, capsys, monkeypatch):
+    assert main(["train", "--resume", "--runs-dir", str(tmp_path)]) == 2
+    assert "--name" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    assert main(["sample", "--ckpt", str(run), "--n", "2", "--steps", "3", "--process"]) == 0
+    assert (tmp_path / "process.png").exists() and not (tmp_path / "samples.png").exists()
+
+
+def test_class_conditional_training_and_sampling(tmp_path):
+    from conftest import TINY
+
+    res = api.train("digits_ddpm", TINY + ["train.max_steps=10", "model.class_cond=true",
+                                           "diffusion.cond_drop=0.2"], name="cc", runs_root=tmp_path,
+                    progress=False)
+    assert res.state.step == 10
+    x, _, _ = api.sample(tmp_path / "cc", n=3, steps=3, labels=[0, 5, 9], progress=False)
+    one, _, _ = api.sample(tmp_path / "cc", n=1, steps=3, labels=[5], seed=1, progress=False)
+    assert torch.equal(x[1:2], one)
+    with pytest.raises(ValueError, match=r"labels must be in 0\.\.9"):
+        api.sample(tmp_path / "cc", n=1, steps=2, labels=[10])
+    default, _, _ = api.sample(tmp_path / "cc", n=4, steps=2, seed=16, progress=False)
+    seven, _, _ = api.sample(tmp_path / "cc", n=1, steps=2, seed=17, labels=[7], progress=False)
+    assert torch.equal(default[1:2], seven), "default label of sample i is (seed + i) mod K"
+
+
+def test_class_cond_without_labels_is_refused(tmp_path):
+    from PIL import Image as PILImage
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(12):
+        PILImage.new("L", (10, 10), color=i * 20).save(folder / f"{i}.png")
+    with pytest.raises(ValueError, match="needs labels"):
+        api.train("digits_ddpm", ["data.name=folder", f"data.root={folder}", "data.image_size=8",
+                                  "data.channels=1", "model.class_cond=true", "train.max_steps=1"],
+                  name="f", runs_root=tmp_path, progress=False)

@@ -85,3 +85,33 @@ def test_bad_schedule_names():
         timesteps(1000, 10, "uniform")
     with pytest.raises(ValueError, match="between 1"):
         timesteps(100, 101)
+
+
+def test_trailing_spacing_for_every_step_count():
+    for steps in range(1, 1001):
+        ts = timesteps(1000, steps, "trailing")
+        assert len(ts) == steps and ts[0] == 999 and ts.min() >= 0, steps
+        assert (ts[:-1] > ts[1:]).all(), steps
+
+
+def test_min_snr_weights_closed_form():
+    """Hang et al. 2023: weight min(SNR, gamma) in x0 space; the three targets must weight the same x0 error."""
+    from genlab.methods.diffusion import snr_weight
+
+    snr = torch.tensor([0.01, 1.0, 5.0, 100.0])
+    gamma = 5.0
+    w_x0 = snr_weight(snr, "x0", gamma)
+    assert torch.allclose(w_x0, torch.tensor([0.01, 1.0, 5.0, 5.0]))
+    # ||eps err||^2 = SNR ||x0 err||^2 and ||v err||^2 = (1 + SNR) ||x0 err||^2
+    assert torch.allclose(snr_weight(snr, "eps", gamma) * snr, w_x0)
+    assert torch.allclose(snr_weight(snr, "v", gamma) * (snr + 1), w_x0)
+
+
+def test_fractional_timesteps_interpolate_log_sigma():
+    s = Schedule.create("cosine", 1000)
+    t = torch.tensor([0.0, 10.0, 10.5, 998.25])
+    ab = s.alpha_bar_at(t)
+    assert torch.allclose(ab[:2].float(), s.alphas_cumprod[[0, 10]], rtol=1e-6)
+    sig = ((1 - ab) / ab).sqrt()
+    assert torch.allclose(s.sigma_to_t(sig), t.double(), atol=1e-6)
+    assert s.sigmas[10] < sig[2] < s.sigmas[11]

@@ -169,7 +169,7 @@ def _download_file(filespec: FileSpec, directory: Path, mirrors: list[str], prog
         )
     raise DownloadError(
         f"could not download {filespec.name}. Tried:\n  " + "\n  ".join(failures)
-        + f"\nCheck your network (or set a mirror with base_url or the GENLAB_MIRROR environment variable), or download the file "
+        + f"\nCheck your network (or set a mirror: `genlab data NAME --mirror URL`, base_url= in Python, or the GENLAB_MIRROR environment variable), or download the file "
         f"manually into {directory} and run the command again to verify it."
     )
 

@@ -38,7 +38,7 @@ class Denoiser:
         t = torch.as_tensor(t, device=x_t.device).expand(x_t.shape[0])
         out = self.net(x_t, t, self.y) if self.y is not None else self.net(x_t, t)
         out = out.to(x_t.dtype)  # e.g. bf16 network outputs under autocast
-        ab = self.schedule.alpha_bar_at(t).to(x_t.device)
+        ab = self.schedule.alpha_bar_at(t.cpu()).to(x_t.dtype).to(x_t.device)
         x0, eps = to_x0_eps(self.prediction, out, x_t, ab)
         if self.clip:
             x0 = x0.clamp(-1, 1)

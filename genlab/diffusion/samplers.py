@@ -31,6 +31,7 @@ class PerSampleNoise:
 
 
 Noise = Union[torch.Generator, PerSampleNoise, None]
+SPACINGS = ("leading", "trailing", "linspace")
 
 
 def randn(shape, generator: Noise, device, dtype=torch.float32) -> torch.Tensor:
@@ -43,7 +44,7 @@ def randn(shape, generator: Noise, device, dtype=torch.float32) -> torch.Tensor:
     return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
-def _pairs(schedule: Schedule, steps: int, spacing: str, device):
+def _pairs(schedule: Schedule, steps: int, spacing: str):
     """(t, alpha_bar_t, alpha_bar_prev) for each step; alpha_bar after the last step is 1 (the clean image)."""
     ts = timesteps(schedule.T, steps, spacing)
     ab = schedule.alphas_cumprod
@@ -87,7 +88,7 @@ def ddpm(denoiser, x_T: torch.Tensor, schedule: Schedule, steps: Optional[int] =
     all T by default); see :func:`ddpm_step`. The last step returns the posterior mean (no noise)."""
     steps = steps or schedule.T
     x = x_T
-    for i, t, s, ab_t, ab_s in _pairs(schedule, steps, spacing, x.device):
+    for i, t, s, ab_t, ab_s in _pairs(schedule, steps, spacing):
         x0, _ = denoiser(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
         noise = randn(x.shape, generator, x.device, x.dtype) if s >= 0 else None
         x = ddpm_step(x, x0, ab_t, ab_s, noise, variance)
@@ -102,7 +103,7 @@ def ddim(denoiser, x_T: torch.Tensor, schedule: Schedule, steps: int = 50, *, ge
     """DDIM sampling (Song et al. 2021); see :func:`ddim_step`. eta = 0 is deterministic; eta = 1 has DDPM's
     posterior variance."""
     x = x_T
-    for i, t, s, ab_t, ab_s in _pairs(schedule, steps, spacing, x.device):
+    for i, t, s, ab_t, ab_s in _pairs(schedule, steps, spacing):
         x0, eps = denoiser(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
         noise = randn(x.shape, generator, x.device, x.dtype) if eta > 0 else None
         x = ddim_step(x0, eps, ab_t, ab_s, eta, noise)
@@ -217,3 +218,9 @@ def get_sampler(name: str):
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
+
+
+def sampler_options(name: str, *, spacing: str, eta: float, variance: str) -> dict:
+    """The options each sampler takes, from the common sample settings."""
+    return {"ddpm": {"spacing": spacing, "variance": variance}, "ddim": {"spacing": spacing, "eta": eta},
+            "dpmpp-2m": {"spacing": spacing}}.get(name, {})

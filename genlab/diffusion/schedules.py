@@ -104,15 +104,13 @@ class Schedule:
         t = torch.as_tensor(t)
         if not t.is_floating_point():
             return self.alphas_cumprod.to(t.device)[t]
-        log_sigmas = self.sigmas.double().log().to(t.device)
-        tc = t.double().clamp(0, self.T - 1)
+        log_sigmas = self.sigmas.double().log()
+        tc = t.detach().cpu().double().clamp(0, self.T - 1)  # float64 on the CPU (MPS has no float64)
         lo = tc.floor().long().clamp(max=self.T - 2)
         w = tc - lo
         log_sigma = (1 - w) * log_sigmas[lo] + w * log_sigmas[lo + 1]
         return 1 / (1 + torch.exp(2 * log_sigma))  # float64; callers cast to their dtype
 
-    def to(self, device) -> "Schedule":
-        return Schedule(self.betas.to(device))
 
 
 def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> torch.Tensor:
@@ -123,10 +121,10 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) 
     return (hi + ramp * (lo - hi)) ** rho
 
 
-def timesteps(T: int, steps: int, spacing: str = "leading", offset: int = 0) -> torch.Tensor:
+def timesteps(T: int, steps: int, spacing: str = "leading") -> torch.Tensor:
     """Which of the T training timesteps a sampler of ``steps`` steps visits, in decreasing order.
 
-    ``leading`` (DDIM's original choice, Song et al. 2021 sec. C.2): t = k * (T // steps) + offset, k = 0..steps-1.
+    ``leading`` (DDIM's original choice, Song et al. 2021 sec. C.2): t = k * (T // steps), k = 0..steps-1.
     ``trailing`` (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed", table 2): starts
     at T - 1 so the first step sees pure noise. ``linspace``: round(linspace(0, T - 1, steps)).
     Matches ``diffusers``' ``timestep_spacing`` options.
@@ -135,11 +133,11 @@ def timesteps(T: int, steps: int, spacing: str = "leading", offset: int = 0) -> 
         raise ValueError(f"steps must be between 1 and the number of training timesteps T={T}, got {steps}")
     if spacing == "leading":
         ratio = T // steps
-        ts = torch.arange(steps, dtype=torch.int64) * ratio + offset
+        ts = torch.arange(steps, dtype=torch.int64) * ratio
     elif spacing == "trailing":
-        ratio = T / steps
-        ts = torch.round(torch.arange(T, 0, -ratio, dtype=torch.float64)).long() - 1
-        return ts
+        # T - 1 - round(k T / steps), k = 0..steps-1; the float arange(T, 0, -T/steps) of the reference
+        # implementations yields steps + 1 values ending at -1 for some step counts (e.g. 61 of 1000)
+        return T - 1 - torch.round(torch.arange(steps, dtype=torch.float64) * T / steps).long()
     elif spacing == "linspace":
         ts = torch.round(torch.linspace(0, T - 1, steps, dtype=torch.float64)).long()
     else:

@@ -13,14 +13,17 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..diffusion import CountingDenoiser, Denoiser, PerSampleNoise, Schedule, get_sampler
+from ..diffusion.samplers import sampler_options
 from ..diffusion.process import q_sample, target
 from ..nn import UNet
 from ..rng import StepRNG
 
 
 def snr_weight(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma weights (Hang et al. 2023): the eps-space weight min(SNR, gamma) / SNR, expressed for the
-    network's own target: x0 loss = SNR * eps loss, v loss = (SNR + 1) * eps loss."""
+    """Min-SNR-gamma weights (Hang et al. 2023, sec. 3.4): the x0-space weight min(SNR, gamma), expressed for the
+    network's own target. Since ||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2 and ||v - v_hat||^2 =
+    (SNR + 1) ||x0 - x0_hat||^2, the weights are min(SNR, gamma) / SNR (eps), min(SNR, gamma) (x0) and
+    min(SNR, gamma) / (SNR + 1) (v)."""
     clipped = snr.clamp(max=gamma)
     if prediction == "eps":
         return clipped / snr
@@ -63,7 +66,7 @@ class DiffusionMethod:
         x_t = q_sample(x0, ab, eps)
         y = batch.get("y") if self.cfg.model.class_cond else None
         if y is not None and self.cfg.diffusion.cond_drop > 0:
-            null = getattr(model, "num_classes", None) or _unwrap(model).num_classes
+            null = _unwrap(model).num_classes
             y = torch.where(drop < self.cfg.diffusion.cond_drop, torch.full_like(y, null), y)
         out = model(x_t, t, y) if y is not None else model(x_t, t)
         err = F.mse_loss(out.float(), target(self.prediction, x0, eps, ab), reduction="none").reshape(n, -1).mean(1)
@@ -88,14 +91,14 @@ class DiffusionMethod:
         s = self.cfg.sample
         sampler = sampler or s.sampler
         fn = get_sampler(sampler)
-        opts = {"spacing": spacing or s.spacing}
-        if sampler == "ddim":
-            opts["eta"] = s.eta if eta is None else eta
-        if sampler == "ddpm":
-            opts["variance"] = variance or s.variance
+        opts = sampler_options(sampler, spacing=spacing or s.spacing, eta=s.eta if eta is None else eta,
+                               variance=variance or s.variance)
         steps = steps or s.steps
+        if not 1 <= steps <= self.schedule.T:
+            raise ValueError(f"steps must be in 1..{self.schedule.T} (diffusion.timesteps), got {steps}")
         device = device or next(model.parameters()).device
-        shape = (model.in_channels, model.image_size, model.image_size)
+        net = _unwrap(model)
+        shape = (net.in_channels, net.image_size, net.image_size)
         out, nfe = [], 0
         was_training = model.training
         model.eval()

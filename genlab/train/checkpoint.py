@@ -58,15 +58,15 @@ def optimizer_from_flat(tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def rng_state() -> dict:
-    """Every global RNG state, as JSON (torch states as base64)."""
+def rng_state(device=None) -> dict:
+    """The global RNG states (python, numpy, torch CPU, and the CUDA device in use), as JSON (base64 bytes)."""
     b64 = lambda t: base64.b64encode(t.numpy().tobytes()).decode()  # noqa: E731
     np_state = np.random.get_state()
     st = {"python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
           "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
           "torch": b64(torch.get_rng_state())}
-    if torch.cuda.is_available():
-        st["cuda"] = [b64(s) for s in torch.cuda.get_rng_state_all()]
+    if device is not None and torch.device(device).type == "cuda":
+        st["cuda"] = b64(torch.cuda.get_rng_state(device))
     return st
 
 
@@ -77,8 +77,8 @@ def set_rng_state(st: dict) -> None:
     npst = st["numpy"]
     np.random.set_state((npst[0], np.array(npst[1], dtype=np.uint32), npst[2], npst[3], npst[4]))
     torch.set_rng_state(unb64(st["torch"]))
-    if "cuda" in st and torch.cuda.is_available() and len(st["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([unb64(s) for s in st["cuda"]])
+    if isinstance(st.get("cuda"), str) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(unb64(st["cuda"]), torch.cuda.current_device())
 
 
 # ------------------------------------------------------------------------------------------------ save / load
@@ -92,6 +92,11 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
     except OSError:
         pass
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def save_checkpoint(path, *, model: dict, ema: Optional[dict] = None, optimizer: Optional[dict] = None,
@@ -111,6 +116,8 @@ def save_checkpoint(path, *, model: dict, ema: Optional[dict] = None, optimizer:
         tensors, meta = optimizer_to_flat(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         state["optimizer"] = meta
+    for f in tmp.glob("*.safetensors"):  # on disk before state.json marks the checkpoint complete
+        _fsync_file(f)
     with open(tmp / "state.json", "w") as f:  # written last: its presence marks a complete checkpoint
         json.dump(state, f, indent=1)
         f.flush()
@@ -192,19 +199,41 @@ def prune(ckpt_root, keep_last: int) -> None:
 
 
 def resolve_checkpoint(path, which: str = "latest") -> Path:
-    """A checkpoint directory from a checkpoint directory itself or a run directory (``which``: latest | best)."""
+    """A checkpoint directory from a checkpoint directory itself or a run directory (``which``: latest | best).
+    Read-only: it never changes the directory (a run may be writing it)."""
     path = Path(path)
     if is_checkpoint(path):
         return path
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; give a run directory (runs/NAME) or a checkpoint directory")
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    recover(root)
-    if which == "best" and is_checkpoint(root / "best"):
-        return root / "best"
+    if which == "best":  # read-only: a save of best/ interrupted between its two renames left it as .best.old-*
+        for cand in [root / "best", *sorted(root.glob(".best.old-*"))]:
+            if is_checkpoint(cand):
+                return cand
     ckpts = step_checkpoints(root)
     if which == "best" and not ckpts:
         raise CheckpointError(f"no best checkpoint under {root}")
     if not ckpts:
         raise CheckpointError(f"no complete checkpoint under {root}; has the run saved one yet?")
     return ckpts[-1]
+
+
+def load_weights(module: torch.nn.Module, tensors: dict, what: str) -> None:
+    """load_state_dict with an error that names the mismatched parameters instead of a stack of shapes."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in tensors]
+    extra = [k for k in tensors if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    if missing or extra or shapes:
+        parts = []
+        if shapes:
+            parts.append("shape mismatch for " + "; ".join(shapes[:3]) + (" ..." if len(shapes) > 3 else ""))
+        if missing:
+            parts.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
+        if extra:
+            parts.append(f"unexpected {len(extra)} tensors (e.g. {extra[0]})")
+        raise CheckpointError(f"{what} does not match the model built from the config: " + ", ".join(parts)
+                              + ". Were model.* settings changed since it was saved?")
+    module.load_state_dict(tensors)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as tdist
@@ -34,10 +35,10 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name} but CUDA is not available here (torch {torch.__version__}); "
+        raise ValueError(f"train.device={name} but CUDA is not available here (torch {torch.__version__}); "
                            "use train.device=auto or cpu")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError(f"train.device={name} but MPS is not available here; use train.device=auto or cpu")
+        raise ValueError(f"train.device={name} but MPS is not available here; use train.device=auto or cpu")
     return dev
 
 
@@ -52,7 +53,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     if not tdist.is_initialized():
-        tdist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        # generous timeout: process 0 alone writes checkpoints and runs callbacks while the others wait
+        tdist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
     return DistInfo(rank=rank, world=world, local_rank=local_rank, device=dev)
 
 

@@ -25,11 +25,11 @@ from typing import Callable, Optional
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..config import Config, parse_duration
-from ..data import ImageDataset, load_dataset
+from ..config import Config, parse_duration, save_config
+from ..data import ImageDataset
 from ..rng import StepRNG, mix_seed
 from . import checkpoint as ck
-from .dist import DistInfo, all_reduce_sum, barrier, init_distributed, teardown
+from .dist import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed, teardown
 
 
 class TrainingDiverged(RuntimeError):
@@ -115,7 +115,7 @@ def autocast_for(device: torch.device, precision: str):
     """(autocast context factory, GradScaler or None). fp32 on CPU; bf16 (or fp16 + scaling) on GPUs."""
     if precision == "auto":
         if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            precision = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
         else:
             precision = "fp32"
     if precision == "fp32":
@@ -140,34 +140,13 @@ def config_mismatch(saved: dict, cfg: Config, sections=("method", "data", "model
     return diffs
 
 
-def load_weights(module: torch.nn.Module, tensors: dict, what: str) -> None:
-    """load_state_dict with an error that names the mismatched parameters instead of a stack of shapes."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in tensors]
-    extra = [k for k in tensors if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in tensors and tensors[k].shape != own[k].shape]
-    if missing or extra or shapes:
-        parts = []
-        if shapes:
-            parts.append("shape mismatch for " + "; ".join(shapes[:3]) + (" ..." if len(shapes) > 3 else ""))
-        if missing:
-            parts.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
-        if extra:
-            parts.append(f"unexpected {len(extra)} tensors (e.g. {extra[0]})")
-        raise ck.CheckpointError(f"{what} does not match the model built from the config: " + ", ".join(parts)
-                                 + ". Were model.* settings changed since it was saved?")
-    module.load_state_dict(tensors)
-
-
 # ------------------------------------------------------------------------------------------------ the loop
 
-def train(cfg: Config, run_dir, *, resume: bool = False, callbacks: tuple[Callback, ...] = (),
-          progress: bool = True, datasets: Optional[tuple[ImageDataset, Optional[ImageDataset]]] = None,
-          log: Callable[[str], None] = print) -> TrainResult:
-    """Train ``cfg`` into ``run_dir`` (which must exist); ``resume`` continues from its latest checkpoint."""
-    from ..methods import get_method
-
+def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: ImageDataset,
+          val_data: Optional[ImageDataset] = None, resume: bool = False, callbacks: tuple[Callback, ...] = (),
+          progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
+    """Train ``model`` with ``method.loss`` into ``run_dir`` (which must exist); ``resume`` continues from the
+    run's latest checkpoint. The method, the freshly built model and the data are handed in from above."""
     cfg.validate()
     t = cfg.train
     run_dir = Path(run_dir)
@@ -182,50 +161,48 @@ def train(cfg: Config, run_dir, *, resume: bool = False, callbacks: tuple[Callba
                          f"processes ({info.world})")
     rows = slice(info.rank * micro // info.world, (info.rank + 1) * micro // info.world)
     budget_s = parse_duration(t.time_budget) if t.time_budget is not None else None
+    train_ds, val_ds = train_data, (val_data if val_data is not None and len(val_data) > 0 else None)
 
-    # data
-    if datasets is None:
-        d = cfg.data
-        kw = dict(root=d.root, image_size=d.image_size, channels=d.channels, labels=d.labels or None,
-                  on_bad_image=d.on_bad_image, val_size=d.val_size, binarize=d.binarize, seed=t.seed)
-        train_ds = load_dataset(d.name, "train", **kw)
-        val_ds = load_dataset(d.name, "val", **kw)
-    else:
-        train_ds, val_ds = datasets
-    if val_ds is not None and len(val_ds) == 0:
-        val_ds = None
-
-    # model, EMA, optimizer
-    method = get_method(cfg)
-    torch.manual_seed(t.seed)
-    model = method.build_model(train_ds.shape, train_ds.num_classes).to(dev)
+    # model, EMA, optimizer; from here on the global RNG differs per process (dropout masks)
+    model = model.to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
+    torch.manual_seed(mix_seed(t.seed, 3, info.rank))
     decay, no_decay = [], []
     for p in model.parameters():
         (decay if p.dim() > 1 else no_decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=t.lr, betas=tuple(t.adam_betas))
+    autocast, scaler = autocast_for(dev, t.precision)
     state = LoopState()
 
     if resume:
-        path = ck.resolve_checkpoint(run_dir)
+        path = None
+        if info.is_main:
+            ck.recover(ckpt_root)  # only the writer repairs what an interrupted save left
+            path = ck.resolve_checkpoint(run_dir)
+        path = Path(broadcast_object(str(path), info))  # every process resumes from the same checkpoint
         loaded = ck.load_checkpoint(path)
         diffs = config_mismatch(loaded["state"]["config"], cfg)
         if diffs:
             raise ck.CheckpointError(f"cannot resume from {path}: the config differs in " + "; ".join(diffs))
-        load_weights(model, loaded["model"], f"{path}/model.safetensors")
-        load_weights(ema, loaded["ema"], f"{path}/ema.safetensors")
+        ck.load_weights(model, loaded["model"], f"{path}/model.safetensors")
+        ck.load_weights(ema, loaded["ema"], f"{path}/ema.safetensors")
         opt.load_state_dict(loaded["optimizer"])
+        for g, wd in zip(opt.param_groups, (t.weight_decay, 0.0)):  # the config, not the checkpoint, decides
+            g["weight_decay"], g["betas"] = wd, tuple(t.adam_betas)
         s = loaded["state"]
-        state = LoopState(step=s["step"], time_used=s["time_used"], best_val=math.inf if s.get("best_val") is None else s["best_val"],
-                          samples_seen=s.get("samples_seen", 0))
-        ck.set_rng_state(s["rng"])
+        if scaler is not None and s.get("grad_scaler"):
+            scaler.load_state_dict(s["grad_scaler"])
+        state = LoopState(step=s["step"], time_used=s["time_used"], samples_seen=s.get("samples_seen", 0),
+                          best_val=math.inf if s.get("best_val") is None else s["best_val"])
         if info.is_main:
+            ck.set_rng_state(s["rng"])
             log(f"resumed from {path} at step {state.step} ({state.time_used:.1f}s of training used)")
+    if info.is_main:
+        save_config(cfg, run_dir / "config.yaml")  # after the resume check, so a rejected config is not kept
 
     ddp_model = DDP(model) if info.enabled else model
-    autocast, scaler = autocast_for(dev, t.precision)
     data_info = {"shape": list(train_ds.shape), "num_classes": train_ds.num_classes, "levels": train_ds.levels,
                  "class_names": list(train_ds.class_names), "name": train_ds.name}
     metrics_path = run_dir / "metrics.jsonl"
@@ -251,6 +228,7 @@ def train(cfg: Config, run_dir, *, resume: bool = False, callbacks: tuple[Callba
     def validate(net) -> Optional[float]:
         if val_ds is None:
             return None
+        was_training = net.training
         net.eval()
         total, count = 0.0, 0
         for k, start in enumerate(range(0, len(val_ds), micro)):
@@ -260,14 +238,15 @@ def train(cfg: Config, run_dir, *, resume: bool = False, callbacks: tuple[Callba
             with autocast():
                 total += method.loss(net, batch, rng).item() * len(idx)
             count += len(idx)
-        net.train()
+        net.train(was_training)
         return total / count
 
     def save(kind: str = "step") -> Path:
         st = {"config": cfg.to_dict(), "step": state.step, "time_used": state.time_used,
               "best_val": state.best_val if math.isfinite(state.best_val) else None,
-              "samples_seen": state.samples_seen, "data": data_info, "rng": ck.rng_state(),
-              "world_size": info.world, "torch": torch.__version__}
+              "samples_seen": state.samples_seen, "data": data_info, "rng": ck.rng_state(dev),
+              "world_size": info.world, "torch": torch.__version__,
+              "grad_scaler": scaler.state_dict() if scaler is not None else None}
         name = f"step_{state.step:07d}" if kind == "step" else kind
         p = ck.save_checkpoint(ckpt_root / name, model=model.state_dict(), ema=ema.state_dict(),
                                optimizer=opt.state_dict(), state=st)
@@ -335,22 +314,23 @@ def train(cfg: Config, run_dir, *, resume: bool = False, callbacks: tuple[Callba
                 torch.cuda.synchronize(dev)
             # (the step time sent is this step's so far plus the tail of the previous one after its collective)
             packed = torch.tensor([step_loss.item(), time.perf_counter() - t0 + tail, float(stop["flag"])],
-                                  dtype=torch.float64)
+                                  dtype=torch.float64, device=dev if info.enabled else "cpu")
             all_reduce_sum(packed, info)
             t_coll = time.perf_counter()
             loss_val, step_time, stop_votes = (packed[0].item() / info.world, packed[1].item() / info.world,
                                                packed[2].item())
-            if not math.isfinite(loss_val):
-                good = ck.step_checkpoints(ckpt_root)
-                raise TrainingDiverged(
-                    f"the loss became {loss_val} at step {state.step} (lr {lr:.3g}); this step's update was not "
-                    f"applied and nothing saved was changed. Last good checkpoint: "
-                    f"{good[-1] if good else 'none yet'}. Try a lower train.lr, train.grad_clip=1, or "
-                    f"train.precision=fp32.")
             if scaler:
                 scaler.unscale_(opt)
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
+            bad = None if math.isfinite(loss_val) else f"the loss became {loss_val}"
+            if bad is None and scaler is None and not torch.isfinite(grad_norm):
+                bad = f"the gradient norm became {grad_norm.item()} (loss {loss_val:.4g})"
+            if bad:  # (fp16's GradScaler handles its own overflows by skipping the step)
+                good = ck.step_checkpoints(ckpt_root)
+                raise TrainingDiverged(
+                    f"{bad} at step {state.step} (lr {lr:.3g}); this step's update was not applied and nothing "
+                    f"saved was changed. Last good checkpoint: {good[-1] if good else 'none yet'}. Try a lower "
+                    f"train.lr, a smaller train.grad_clip, or train.precision=fp32.")
             if scaler:
                 scaler.step(opt)
                 scaler.update()
@@ -385,7 +365,13 @@ def train(cfg: Config, run_dir, *, resume: bool = False, callbacks: tuple[Callba
                                     refresh=False)
                 window_loss, window_n, window_time, window_imgs = 0.0, 0, 0.0, 0
 
-            finishing = done() or stop_votes > 0
+            if stop_votes > 0:  # Ctrl-C / SIGTERM: save at once (torchrun kills workers 30 s later), then leave
+                if info.is_main:
+                    last_ckpt = save()
+                barrier(info)
+                interrupted = True
+                break
+            finishing = done()
             if (t.val_every and state.step % t.val_every == 0) or finishing:
                 v = validate(ema)
                 if v is not None:
@@ -402,16 +388,13 @@ def train(cfg: Config, run_dir, *, resume: bool = False, callbacks: tuple[Callba
                     if cb.every and state.step % cb.every == 0 and not finishing:
                         cb.fn(ctx)
             barrier(info)
-            if stop_votes > 0:
-                interrupted = True
-                break
     finally:
         if bar is not None:
             bar.close()
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
 
-    if info.is_main:
+    if info.is_main and not interrupted:
         ctx.final = True
         for cb in callbacks:
             cb.fn(ctx)
