@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: demo test install dev bench clean docs
+.PHONY: demo test install dev bench bench-env clean docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,25 @@ docs: $(VENV)/.installed
 	cp runs/docs-demo/samples.png docs/demo_samples.png
 	cp runs/docs-demo/process.png docs/demo_process.png
 
-bench: $(VENV)/.dev
-	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/throughput.py
+# Benchmarks run in a separate environment shared by genlab and its peers (one torch for all):
+# denoising-diffusion-pytorch needs torchvision, which needs the torch build it was compiled against.
+BENCH_VENV ?= .venv-bench
+BENCH_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+BENCH_BIN := $(BENCH_VENV)/bin
+
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_BIN)/python -m pip install --quiet --upgrade pip
+	$(BENCH_BIN)/python -m pip install --quiet $(BENCH_TORCH_SPEC)
+	$(BENCH_BIN)/python -m pip install --quiet -e ".[bench]"
+	touch $@
+
+bench-env: $(BENCH_VENV)/.installed
+
+# make bench: throughput (a few minutes) then B1 (about an hour; B1_ARGS=--quick for a few minutes)
+bench: $(BENCH_VENV)/.installed
+	OMP_NUM_THREADS=2 $(BENCH_BIN)/python benchmarks/throughput.py
+	OMP_NUM_THREADS=2 $(BENCH_BIN)/python benchmarks/b1_digits.py $(B1_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info

@@ -113,6 +113,13 @@ def train(config: Union[str, Config, None] = None, overrides: Sequence[str] = ()
     if _rank() == 0:
         print(f"run directory: {run_dir}", file=sys.stderr)
     callbacks = [Callback(_grid_callback, every=cfg.train.sample_every)]
+    if cfg.train.eval_every:
+        from .eval.features import SPECS
+
+        if cfg.data.name not in SPECS:
+            raise ValueError(f"train.eval_every needs a feature network, and there is none for data "
+                             f"{cfg.data.name!r} (available: {', '.join(SPECS)})")
+        callbacks.append(Callback(_eval_callback, every=cfg.train.eval_every))
     return train_loop(cfg, run_dir, method=method, model=model, train_data=train_ds, val_data=val_ds,
                       resume=resume, callbacks=tuple(callbacks), progress=progress)
 
@@ -128,6 +135,23 @@ def _grid_callback(ctx: Context) -> None:
 
     path = ctx.run_dir / ("samples.png" if ctx.final else f"samples/step_{ctx.state.step:07d}.png")
     save_grid(x, path, nrow=8 if n >= 8 else None)
+
+
+def _eval_callback(ctx: Context) -> None:
+    """FID and friends of EMA samples during training, appended to metrics.jsonl (not counted in the budget)."""
+    from .eval.evaluate import evaluate_samples
+
+    cfg, t0 = ctx.cfg, time.perf_counter()
+    n = cfg.train.eval_n
+    y = default_labels(n, ctx.data.num_classes, seed=0) if cfg.model.class_cond else None
+    x, nfe = ctx.method.sample(ctx.ema, n, y=y, seed=0)
+    r = evaluate_samples(from_model(x, ctx.data.levels).numpy(), ctx.data.name, seed=0)
+    rec = {"step": ctx.state.step, "time_used": ctx.state.time_used, "eval_n": n, "eval_nfe": nfe,
+           "fid_train": r["fid_train"], "fid_matched_ratio": r["matched"]["ratio"], "precision": r["precision"],
+           "recall": r["recall"], "entropy": r["entropy"], "eval_seconds": time.perf_counter() - t0}
+    ctx.write_metrics(rec)
+    print(f"step {rec['step']}: FID vs train {rec['fid_train']:.3f} ({n} samples, {nfe} evaluations, "
+          f"{rec['eval_seconds']:.1f}s)", file=sys.stderr)
 
 
 def default_labels(n: int, num_classes: int, seed: int = 0) -> Optional[torch.Tensor]:

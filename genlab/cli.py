@@ -67,6 +67,34 @@ def _add_data(sub):
     p.add_argument("--force", action="store_true", help="download again even if the files verify")
 
 
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="evaluate a checkpoint or a set of samples (FID, KID, P/R, memorization, cost)",
+                       description="Evaluate samples drawn from --ckpt, or given by --samples (a .npy of dataset "
+                                   "levels or a directory of PNGs) for --data. Prints a table; --json writes all.")
+    p.add_argument("--ckpt", default=None, help="run or checkpoint directory to sample from")
+    p.add_argument("--samples", default=None, help="samples.npy (uint8 levels, N x C x H x W) or a PNG directory")
+    p.add_argument("--data", default=None, help="dataset the samples imitate (with --samples) [digits]")
+    p.add_argument("--n", type=int, default=1000, help="samples per seed [1000]")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--eta", type=float, default=None)
+    p.add_argument("--seeds", type=int, default=1, help="sampling seeds: report mean and spread [1]")
+    p.add_argument("--raw", action="store_true", help="raw weights instead of EMA")
+    p.add_argument("--which", choices=["latest", "best"], default="latest")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--pairs", default=None, help="write the closest sample/training pairs to this PNG")
+    p.add_argument("--json", default=None, help="write every number to this JSON file")
+
+
+def _add_featnet(sub):
+    p = sub.add_parser("featnet", help="train the in-repo feature network of a dataset (for FID etc.)")
+    p.add_argument("action", choices=["train"])
+    p.add_argument("--data", default="digits", help="digits | mnist | fashion-mnist [digits]")
+    p.add_argument("--root", default=None, help="data directory (mnist-style datasets)")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genlab", description="Train, sample, evaluate and compare autoregressive and "
                                                            "diffusion image generators.")
@@ -75,8 +103,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(sub)
     _add_demo(sub)
     _add_data(sub)
+    _add_eval(sub)
+    _add_featnet(sub)
     sub.add_parser("configs", help="list the shipped config recipes")
     return p
+
+
+def _eval(args) -> None:
+    import json
+
+    from .eval.evaluate import evaluate_checkpoint, evaluate_samples, format_report, load_samples
+
+    if (args.ckpt is None) == (args.samples is None):
+        raise ValueError("give either --ckpt RUN (to sample and evaluate) or --samples FILE_OR_DIR --data NAME")
+    if args.ckpt:
+        res = evaluate_checkpoint(args.ckpt, n=args.n, sampler=args.sampler, steps=args.steps, seeds=args.seeds,
+                                  eta=args.eta, use_ema=not args.raw, which=args.which, batch_size=args.batch_size,
+                                  device=args.device, pairs_png=args.pairs)
+        title = (f"{res['checkpoint']} (step {res['step']}, {res['weights']} weights): {res['sampler']}, "
+                 f"{res['nfe']} evaluations, {res['n']} samples x {res['seeds']} seed(s)")
+    else:
+        data = args.data or "digits"
+        x = load_samples(args.samples, data)
+        res = evaluate_samples(x, data, pairs_png=args.pairs)
+        res.update({"samples": args.samples, "data": data})
+        title = f"{args.samples} ({len(x)} samples of {data})"
+    print(format_report(res, title))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1, default=float)
+        print(f"wrote {args.json}")
 
 
 def main(argv=None) -> int:
@@ -90,6 +146,7 @@ def main(argv=None) -> int:
         args.overrides = list(args.overrides) + extra
     from . import api
     from .data.download import DownloadError
+    from .eval.features import FeatureError
     from .train.checkpoint import CheckpointError
     from .train.loop import TrainingDiverged
 
@@ -116,13 +173,20 @@ def main(argv=None) -> int:
 
             path = download(args.name, args.root, base_url=args.mirror, force=args.force)
             print(f"{args.name}: all files verified in {path}")
+        elif args.command == "eval":
+            _eval(args)
+        elif args.command == "featnet":
+            from .eval.features import default_cache_dir, train_featnet
+
+            train_featnet(args.data, root=args.root, seed=args.seed)
+            print(f"saved under {default_cache_dir()}")
         elif args.command == "configs":
             from .config import CONFIG_DIR
 
             for f in sorted(CONFIG_DIR.glob("*.yaml")):
                 first = f.read_text().splitlines()[0].lstrip("# ")
                 print(f"{f.stem:20s} {first}")
-    except (ConfigError, CheckpointError, TrainingDiverged, DownloadError, OSError, ValueError) as e:
+    except (ConfigError, CheckpointError, TrainingDiverged, DownloadError, FeatureError, OSError, ValueError) as e:
         print(f"genlab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

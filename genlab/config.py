@@ -83,6 +83,8 @@ class TrainConfig:
     ckpt_every: int = 1000             # steps between checkpoints (0: only at the end)
     keep_last: int = 2                 # checkpoints kept besides the best by validation loss
     sample_every: int = 0              # steps between sample grids written to the run (0: only at the end)
+    eval_every: int = 0                # steps between FID evaluations (0: none); also at the end when > 0
+    eval_n: int = 500                  # samples per evaluation (drawn with the sample.* settings, EMA weights)
     num_threads: int = 0               # torch CPU threads (0: leave torch's default)
 
 
@@ -162,10 +164,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}={v!r} must be {'>= 0' if allow_zero else '> 0'}")
 
     for k in ("model.width", "model.num_res_blocks", "model.num_heads", "diffusion.timesteps", "train.batch_size",
+              "train.eval_n",
               "train.grad_accum", "train.lr", "train.log_every", "sample.steps", "sample.n"):
         positive(k)
     for k in ("train.weight_decay", "train.warmup_steps", "train.grad_clip", "train.val_every", "train.ckpt_every",
-              "train.keep_last", "train.sample_every", "train.num_threads", "sample.eta", "train.min_lr_ratio"):
+              "train.keep_last", "train.sample_every", "train.eval_every", "train.num_threads", "sample.eta", "train.min_lr_ratio"):
         positive(k, allow_zero=True)
     positive("train.max_steps", allow_none=True)
     if cfg.data.image_size is not None and cfg.data.image_size < 4:

@@ -6,6 +6,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+def pytest_configure(config):
+    """Feature networks are built into a cache of the test session, never the user's."""
+    import tempfile
+
+    os.environ.setdefault("GENLAB_CACHE", tempfile.mkdtemp(prefix="genlab-test-cache-"))
+
 # a model small enough that a training step takes a few milliseconds on one core
 TINY = ["model.width=8", "model.channel_mults=[1,2]", "model.num_res_blocks=1", "model.attn_resolutions=[]",
         "model.num_heads=1", "diffusion.timesteps=100", "train.batch_size=32", "train.time_budget=null",

@@ -147,15 +147,22 @@ def dpmpp_2m(denoiser, x_T: torch.Tensor, schedule: Schedule, steps: int = 20, *
     return x
 
 
-def _karras_levels(schedule: Schedule, steps: int, rho: float = 7.0, sigmas=None) -> list[float]:
-    """Karras levels between the schedule's smallest and largest sigma, then 0 (or the given ``sigmas``)."""
+EDM_SIGMA_MAX = 80.0
+
+
+def _karras_levels(schedule: Schedule, steps: int, rho: float = 7.0, sigmas=None,
+                   sigma_max: Optional[float] = EDM_SIGMA_MAX) -> list[float]:
+    """Karras levels from min(sigma_max, the schedule's largest sigma) down to its smallest, then 0 (or the given
+    ``sigmas``). EDM's sigma_max = 80 (Karras et al. 2022, table 1) matters for schedules that end far above it:
+    the cosine schedule ends at sigma ~ 2e4, where steps are wasted on pure noise (sigma_max=None keeps it)."""
     if sigmas is not None:
         levels = torch.as_tensor(sigmas, dtype=torch.float64)
         if len(levels) != steps + 1 or levels[-1] != 0 or not (levels[:-1] > levels[1:]).all():
             raise ValueError(f"sigmas must be {steps} decreasing positive noise levels followed by 0")
         return levels.tolist()
     sig = schedule.sigmas.double()
-    return torch.cat([karras_sigmas(sig[0].item(), sig[-1].item(), steps, rho),
+    top = sig[-1].item() if sigma_max is None else min(sig[-1].item(), sigma_max)
+    return torch.cat([karras_sigmas(sig[0].item(), top, steps, rho),
                       torch.zeros(1, dtype=torch.float64)]).tolist()
 
 
@@ -169,11 +176,12 @@ def _edm_denoise(denoiser, x_ve: torch.Tensor, sigma: float, schedule: Schedule)
 
 @torch.no_grad()
 def euler(denoiser, x_T: torch.Tensor, schedule: Schedule, steps: int = 20, *, generator: Noise = None,
-          callback: Optional[Callable] = None, rho: float = 7.0, sigmas=None) -> torch.Tensor:
+          callback: Optional[Callable] = None, rho: float = 7.0, sigmas=None,
+          sigma_max: Optional[float] = EDM_SIGMA_MAX) -> torch.Tensor:
     """Euler's method on the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma (Karras et al. 2022,
     eq. 4 and algorithm 1 without the correction), on Karras sigmas (eq. 5) or the given ``sigmas`` (steps + 1
     levels ending in 0). One evaluation per step."""
-    sigmas = _karras_levels(schedule, steps, rho, sigmas)
+    sigmas = _karras_levels(schedule, steps, rho, sigmas, sigma_max)
     x = x_T * math.sqrt(1 + sigmas[0] ** 2)
     for i in range(steps):
         s, s_next = sigmas[i], sigmas[i + 1]
@@ -186,11 +194,12 @@ def euler(denoiser, x_T: torch.Tensor, schedule: Schedule, steps: int = 20, *, g
 
 @torch.no_grad()
 def heun(denoiser, x_T: torch.Tensor, schedule: Schedule, steps: int = 10, *, generator: Noise = None,
-         callback: Optional[Callable] = None, rho: float = 7.0, sigmas=None) -> torch.Tensor:
+         callback: Optional[Callable] = None, rho: float = 7.0, sigmas=None,
+          sigma_max: Optional[float] = EDM_SIGMA_MAX) -> torch.Tensor:
     """Heun's second-order method (Karras et al. 2022, algorithm 1, deterministic) on Karras sigmas: an Euler
     step, then the average of the slopes at both ends, except on the last step to sigma = 0 (plain Euler).
     ``steps`` noise levels cost 2 * steps - 1 network evaluations."""
-    sigmas = _karras_levels(schedule, steps, rho, sigmas)
+    sigmas = _karras_levels(schedule, steps, rho, sigmas, sigma_max)
     x = x_T * math.sqrt(1 + sigmas[0] ** 2)
     for i in range(steps):
         s, s_next = sigmas[i], sigmas[i + 1]

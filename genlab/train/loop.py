@@ -55,6 +55,7 @@ class Context:
     run_dir: Path
     dist: DistInfo
     data: ImageDataset
+    write_metrics: Callable[[dict], None] = lambda rec: None  # noqa: E731  (appends to metrics.jsonl)
     final: bool = False
 
 
@@ -282,7 +283,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
         else:
             bar = tqdm(total=round(budget_s), initial=round(state.time_used), unit="s", **kw,
                        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]")
-    ctx = Context(cfg, method, model, ema, state, run_dir, info, train_ds)
+    ctx = Context(cfg, method, model, ema, state, run_dir, info, train_ds, write_metrics)
     last_ckpt: Optional[Path] = None
     history: list = []
     window_loss, window_n, window_time, window_imgs = 0.0, 0, 0.0, 0

@@ -1,0 +1,211 @@
+"""Feature networks for FID-style metrics, trained in-repo per dataset.
+
+Inception features mean nothing on 8x8 digits or 28x28 MNIST, so each dataset gets a small classifier trained
+on its train split only (never the test split), deterministically (fixed seeds, deterministic algorithms), and
+stored as safetensors with its test accuracy. Its penultimate activations are the features of FID, KID and
+precision/recall; its class probabilities give class entropy, confidence and conditional accuracy. A network
+below its dataset's minimum test accuracy is refused. The digits network is built on first use and cached
+(seconds); MNIST's is built by ``genlab featnet train --data mnist``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import ImageDataset, load_dataset, to_model
+
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class FeatNetSpec:
+    data: str
+    size: int               # image side
+    channels: int
+    classes: int
+    width: int              # channels of the first conv block (the second has 2x)
+    feat_dim: int           # dimension of the features used by the metrics
+    epochs: int
+    batch_size: int
+    lr: float
+    min_accuracy: float     # refuse the network below this test accuracy
+    shift: int = 1          # random-translation augmentation, in pixels
+
+
+SPECS = {
+    "digits": FeatNetSpec("digits", 8, 1, 10, width=32, feat_dim=128, epochs=60, batch_size=64, lr=2e-3,
+                          min_accuracy=0.985, shift=1),
+    "mnist": FeatNetSpec("mnist", 28, 1, 10, width=32, feat_dim=128, epochs=4, batch_size=128, lr=2e-3,
+                         min_accuracy=0.99, shift=2),
+    "fashion-mnist": FeatNetSpec("fashion-mnist", 28, 1, 10, width=32, feat_dim=128, epochs=8, batch_size=128,
+                                 lr=2e-3, min_accuracy=0.90, shift=2),
+}
+
+
+class FeatureError(RuntimeError):
+    """A feature network is missing or not good enough to be trusted."""
+
+
+class FeatNet(nn.Module):
+    """conv-conv-pool twice, then a fully connected feature layer and a linear classifier."""
+
+    def __init__(self, spec: FeatNetSpec):
+        super().__init__()
+        w = spec.width
+        self.body = nn.Sequential(
+            nn.Conv2d(spec.channels, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(2 * w * (spec.size // 4) ** 2, spec.feat_dim), nn.ReLU())
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(spec.feat_dim, spec.classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x in [-1, 1] -> (features N x feat_dim, logits N x classes)."""
+        f = self.body(x)
+        return f, self.head(self.drop(f))
+
+
+def _shift(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """Random translations by up to k pixels (pad with the background level -1, random crop)."""
+    if k <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (k, k, k, k), value=-1.0)
+    dy = torch.randint(0, 2 * k + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * k + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w)[None])[:, None, None, :]
+    idx = torch.arange(n)[:, None, None, None]
+    return padded[idx, torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+
+
+@torch.no_grad()
+def _accuracy(net: FeatNet, ds: ImageDataset, batch: int = 1000) -> float:
+    net.eval()
+    correct = 0
+    for i in range(0, len(ds), batch):
+        x = to_model(ds.x[i:i + batch], ds.levels)
+        correct += (net(x)[1].argmax(1) == ds.y[i:i + batch]).sum().item()
+    return correct / len(ds)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("GENLAB_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "genlab")
+    return Path(base) / "featnets"
+
+
+def train_featnet(data: str = "digits", *, root=None, seed: int = 0, out_dir=None, log=print) -> "FeatureExtractor":
+    """Train the feature network of ``data`` on its train split (train + val), deterministically, save it under
+    ``out_dir`` (default: the cache) and return it. Raises FeatureError below the minimum test accuracy."""
+    from safetensors.torch import save_file
+
+    if data not in SPECS:
+        raise ValueError(f"no feature network for {data!r}; available: {', '.join(SPECS)}")
+    spec = SPECS[data]
+    train = load_dataset(data, "train+val", root=root, labels=True)
+    test = load_dataset(data, "test", root=root, labels=True)
+    t0 = time.time()
+    det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        torch.manual_seed(seed)
+        net = FeatNet(spec)
+        opt = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=1e-4)
+        gen = torch.Generator().manual_seed(seed)
+        steps_per_epoch = (len(train) + spec.batch_size - 1) // spec.batch_size
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, spec.lr, total_steps=spec.epochs * steps_per_epoch)
+        for epoch in range(spec.epochs):
+            net.train()
+            perm = torch.randperm(len(train), generator=gen)
+            for i in range(0, len(train), spec.batch_size):
+                idx = perm[i:i + spec.batch_size]
+                x = _shift(to_model(train.x[idx], train.levels), spec.shift, gen)
+                loss = F.cross_entropy(net(x)[1], train.y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+    finally:
+        torch.use_deterministic_algorithms(det)
+    acc = _accuracy(net, test)
+    info = {"data": data, "version": VERSION, "test_accuracy": acc, "train_images": len(train),
+            "test_images": len(test), "seed": seed, "seconds": round(time.time() - t0, 1),
+            "torch": torch.__version__, "spec": asdict(spec)}
+    log(f"feature network for {data}: test accuracy {acc:.4f} ({len(test)} test images, trained on the "
+        f"{len(train)} train-split images in {info['seconds']}s)")
+    out = Path(out_dir) if out_dir else default_cache_dir() / f"{data}-v{VERSION}"
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".model.{os.getpid()}.tmp"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+    os.replace(tmp, out / "model.safetensors")
+    (out / "info.json").write_text(json.dumps(info, indent=1))
+    fx = FeatureExtractor(net.eval(), spec, info)
+    fx.check()
+    return fx
+
+
+class FeatureExtractor:
+    """``features(levels)`` and ``probs(levels)`` for uint8 level arrays N x C x H x W of the dataset."""
+
+    def __init__(self, net: FeatNet, spec: FeatNetSpec, info: dict):
+        self.net, self.spec, self.info = net, spec, info
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.info["test_accuracy"]
+
+    def check(self) -> None:
+        if self.test_accuracy < self.spec.min_accuracy:
+            raise FeatureError(f"the {self.spec.data} feature network has test accuracy {self.test_accuracy:.4f}, "
+                               f"below the {self.spec.min_accuracy} needed to trust its features; retrain it "
+                               f"(`genlab featnet train --data {self.spec.data}`)")
+
+    @torch.no_grad()
+    def __call__(self, levels, levels_count: int, batch: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+        """(features N x D float64, class probabilities N x K) of integer level images."""
+        x = torch.as_tensor(np.asarray(levels))
+        c, h, w = self.spec.channels, self.spec.size, self.spec.size
+        if x.dim() != 4 or tuple(x.shape[1:]) != (c, h, w):
+            raise ValueError(f"the {self.spec.data} feature network takes images of shape (N, {c}, {h}, {w}); "
+                             f"got {tuple(x.shape)}")
+        feats, probs = [], []
+        self.net.eval()
+        for i in range(0, len(x), batch):
+            f, logits = self.net(to_model(x[i:i + batch], levels_count))
+            feats.append(f.double())
+            probs.append(logits.softmax(1).double())
+        return torch.cat(feats).numpy(), torch.cat(probs).numpy()
+
+
+def load_featnet(data: str = "digits", *, cache_dir=None, build: Optional[bool] = None, root=None,
+                 log=print) -> FeatureExtractor:
+    """The cached feature network of ``data``; digits' is trained on first use (seconds), others must be built
+    with ``genlab featnet train --data NAME``. Loading reads safetensors only."""
+    from safetensors.torch import load_file
+
+    if data not in SPECS:
+        raise ValueError(f"no feature network for {data!r}; available: {', '.join(SPECS)}")
+    d = Path(cache_dir) if cache_dir else default_cache_dir() / f"{data}-v{VERSION}"
+    if not (d / "model.safetensors").exists() or not (d / "info.json").exists():
+        if build if build is not None else data == "digits":
+            log(f"building the {data} feature network (first use) into {d}")
+            return train_featnet(data, root=root, out_dir=d, log=log)
+        raise FeatureError(f"no {data} feature network in {d}; build it with `genlab featnet train --data {data}`")
+    spec = SPECS[data]
+    net = FeatNet(spec)
+    net.load_state_dict(load_file(str(d / "model.safetensors")))
+    fx = FeatureExtractor(net.eval(), spec, json.loads((d / "info.json").read_text()))
+    fx.check()
+    return fx
