@@ -158,6 +158,7 @@ class GenlabSystem:
                 "config": "digits_ddpm", "overrides": self.overrides,
                 "details": (f"genlab UNet width {cfg.model.width} mults {cfg.model.channel_mults}, "
                             f"{cfg.diffusion.prediction}-prediction, {cfg.diffusion.schedule} schedule, "
+                            f"loss weight {cfg.diffusion.loss_weight}, "
                             f"AdamW lr {cfg.train.lr:g}, EMA {cfg.train.ema_decay}, "
                             f"trains on the whole 1437-image train split (data.val_size=0)")}
 
@@ -757,7 +758,7 @@ def write_markdown(results: dict, args, path: Path) -> None:
          f"threads, {info['platform']}, python {info['python']}",
          f"- torch {torch.__version__}; " + ", ".join(f"{k} {v}" for k, v in versions.items()),
          f"- budgets: {', '.join(f'{b:g} s' for b in budgets)} of training-step wall clock (steps only, same "
-         f"timer for all); train split 1437 images (genlab: its config's 'train' subset, see below)",
+         f"timer for all); every system trains on the 1437-image train split",
          f"- samples per row: {results['meta']['n']}; FID vs train is the mean (+- std) over the sampling seeds "
          f"of key rows (EMA DDIM-50 and genlab's <= 20-evaluation rows; others one seed)",
          f"- feature network (genlab digits featnet, trained on the train split only) test accuracy: {_fmt(acc, 4)}",
