@@ -60,7 +60,7 @@ bench-env: $(BENCH_VENV)/.installed
 # make bench: throughput (a few minutes) then B1 (about an hour; B1_ARGS=--quick for a few minutes)
 bench: $(BENCH_VENV)/.installed
 	OMP_NUM_THREADS=2 $(BENCH_BIN)/python benchmarks/throughput.py
-	OMP_NUM_THREADS=2 $(BENCH_BIN)/python benchmarks/b1_digits.py $(B1_ARGS)
+	OMP_NUM_THREADS=2 $(BENCH_BIN)/python benchmarks/b1_digits.py --seeds 3 --copy-docs $(B1_ARGS)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info
