@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -74,24 +75,28 @@ class Schedule:
     def alphas(self) -> torch.Tensor:
         return 1.0 - self.betas
 
-    @property
+    @cached_property
     def alphas_cumprod(self) -> torch.Tensor:
         return torch.cumprod(self.betas.double().neg().add(1.0), 0).to(self.betas.dtype)
 
-    @property
+    @cached_property
     def snr(self) -> torch.Tensor:
         ab = self.alphas_cumprod.double()
         return (ab / (1 - ab)).to(self.betas.dtype)
 
-    @property
+    @cached_property
     def sigmas(self) -> torch.Tensor:
         ab = self.alphas_cumprod.double()
         return ((1 - ab) / ab).sqrt().to(self.betas.dtype)
 
+    @cached_property
+    def _log_sigmas(self) -> torch.Tensor:
+        return self.sigmas.double().log()
+
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """Continuous timestep of a noise level: linear interpolation of log sigma between the neighbouring
         integer timesteps (as k-diffusion's ``DiscreteSchedule.sigma_to_t``), clamped to [0, T - 1]."""
-        log_sigmas = self.sigmas.double().log()
+        log_sigmas = self._log_sigmas
         ls = torch.as_tensor(sigma, dtype=torch.float64).clamp(min=1e-10).log()
         idx = torch.searchsorted(log_sigmas, ls.reshape(-1)).clamp(1, self.T - 1)
         lo, hi = log_sigmas[idx - 1], log_sigmas[idx]
@@ -104,7 +109,7 @@ class Schedule:
         t = torch.as_tensor(t)
         if not t.is_floating_point():
             return self.alphas_cumprod.to(t.device)[t]
-        log_sigmas = self.sigmas.double().log()
+        log_sigmas = self._log_sigmas
         tc = t.detach().cpu().double().clamp(0, self.T - 1)  # float64 on the CPU (MPS has no float64)
         lo = tc.floor().long().clamp(max=self.T - 2)
         w = tc - lo

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import math
 import signal
@@ -77,13 +78,18 @@ class TrainResult:
 
 # ------------------------------------------------------------------------------------------------ pieces
 
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, 1, epoch)))
+
+
 def data_indices(n: int, seed: int, start: int, count: int) -> torch.Tensor:
     """Indices of positions [start, start + count) of the endless stream that concatenates random
     permutations of range(n), one per epoch, seeded by (seed, epoch)."""
     out, pos = [], start
     while pos < start + count:
         epoch, off = divmod(pos, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, 1, epoch)))
+        perm = _epoch_permutation(n, seed, epoch)  # drawn once per epoch, not once per micro-batch
         take = min(n - off, start + count - pos)
         out.append(perm[off:off + take])
         pos += take
