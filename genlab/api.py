@@ -73,7 +73,7 @@ def describe(cfg: Config) -> str:
     from .methods import get_method
 
     ds = load_data(cfg, "train")
-    model = get_method(cfg).build_model(ds.shape, ds.num_classes)
+    model = get_method(cfg).build_model(ds.shape, ds.num_classes, levels=ds.levels)
     n_params = sum(p.numel() for p in model.parameters())
     head = (f"# data: {ds.name}, {len(ds)} train images of shape {tuple(ds.shape)}, {ds.levels} levels, "
             f"{ds.num_classes} classes\n# model: {type(model).__name__}, {n_params / 1e6:.3f}M parameters\n")
@@ -108,7 +108,7 @@ def train(config: Union[str, Config, None] = None, overrides: Sequence[str] = ()
                          "(for a folder, set data.labels=true and put each class in its own sub-folder)")
     method = get_method(cfg)
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every process
-    model = method.build_model(train_ds.shape, train_ds.num_classes)
+    model = method.build_model(train_ds.shape, train_ds.num_classes, levels=train_ds.levels)
     run_dir = prepare_run_dir(name, runs_root=runs_root, resume=resume, force=force)
     if _rank() == 0:
         print(f"run directory: {run_dir}", file=sys.stderr)
@@ -176,7 +176,7 @@ def load_run(ckpt, *, which: str = "latest", use_ema: bool = True, device: str =
         raise ck.CheckpointError(f"{path}/state.json has an unusable config: {e}") from None
     method = get_method(cfg)
     info = state["data"]
-    model = method.build_model(tuple(info["shape"]), info["num_classes"])
+    model = method.build_model(tuple(info["shape"]), info["num_classes"], levels=info["levels"])
     which_w = "ema" if use_ema and (path / "ema.safetensors").exists() else "model"
     tensors = ck.load_checkpoint(path, weights=(which_w,))[which_w]
     load_weights(model, tensors, f"{path}/{which_w}.safetensors")
@@ -188,46 +188,44 @@ def load_run(ckpt, *, which: str = "latest", use_ema: bool = True, device: str =
 def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[int] = None,
            eta: Optional[float] = None, seed: int = 0, batch_size: int = 256, out=None, process: bool = False,
            labels: Optional[Sequence[int]] = None, which: str = "latest", use_ema: bool = True,
-           device: str = "auto", progress: bool = True):
+           device: str = "auto", progress: bool = True, temperature: Optional[float] = None,
+           top_k: Optional[int] = None, k: Optional[int] = None, order: Optional[str] = None):
     """Draw n samples from a checkpoint. Sample i uses seed + i alone (reproducible by itself).
 
     out: ``*.png`` a grid; ``*.npy`` a uint8 array of dataset levels (N, C, H, W); a directory (ending in / or
-    existing) one PNG per sample named by its seed; None returns the images. ``process=True`` writes a strip of
-    x_t and x0_hat over the steps for the first few samples instead.
+    existing) one PNG per sample named by its seed; None returns the images. ``process=True`` writes a picture
+    of the generation process for the first few samples instead (diffusion: x_t and x0_hat over the steps;
+    autoregressive methods: the canvas filling in).
+    Method options (an option another method takes is a clear error): diffusion sampler, steps, eta;
+    autoregressive / oneshot / any_order temperature, top_k; any_order k (sub-pixels per step) and order.
     Returns (images in [-1, 1] quantized to the dataset's levels, network evaluations per sample, output path).
     """
-    from .report.images import process_strip, save_grid
+    from .methods.categorical import check_sample_options
+    from .report.images import save_grid
 
     cfg, method, model, state = load_run(ckpt, which=which, use_ema=use_ema, device=device)
+    opts = {key: v for key, v in dict(sampler=sampler, steps=steps, eta=eta, temperature=temperature, top_k=top_k,
+                                     k=k, order=order).items() if v is not None}
+    check_sample_options(cfg.method, method.sample_options, opts)
     info = state["data"]
     levels = info["levels"]
     y = None
     if cfg.model.class_cond:
-        k = info["num_classes"]
-        y = torch.as_tensor(labels).long() if labels is not None else default_labels(n, k, seed)
+        nk = info["num_classes"]
+        y = torch.as_tensor(labels).long() if labels is not None else default_labels(n, nk, seed)
         if len(y) != n:
             raise ValueError(f"got {len(y)} labels for {n} samples")
-        if ((y < 0) | (y >= k)).any():
-            raise ValueError(f"labels must be in 0..{k - 1} (classes: {', '.join(info['class_names'])})")
+        if ((y < 0) | (y >= nk)).any():
+            raise ValueError(f"labels must be in 0..{nk - 1} (classes: {', '.join(info['class_names'])})")
     elif labels is not None:
         raise ValueError("this model is unconditional (model.class_cond is false); labels cannot be used")
     if process:
-        k = min(n, 8)
-        frames_xt, frames_x0 = [], []
-
-        def cb(s):
-            frames_xt.append(s["x_t"].clamp(-1, 1).cpu())
-            frames_x0.append(s["x0_hat"].cpu())
-
-        x, nfe = method.sample(model, k, y=None if y is None else y[:k], sampler=sampler, steps=steps, eta=eta,
-                               seed=seed, batch_size=k, callback=cb)
         path = Path(out or "process.png")
         if path.suffix.lower() != ".png":
             raise ValueError(f"--process writes a PNG picture; got --out {path}")
-        process_strip(frames_xt, frames_x0, path)
+        x, nfe = process_picture(method, model, min(n, 8), path, y=None if y is None else y[:8], seed=seed, **opts)
         return quantize(x, levels), nfe, path
-    x, nfe = method.sample(model, n, y=y, sampler=sampler, steps=steps, eta=eta, seed=seed,
-                           batch_size=batch_size, progress=progress)
+    x, nfe = method.sample(model, n, y=y, seed=seed, batch_size=batch_size, progress=progress, **opts)
     x = quantize(x, levels)
     if out is None:
         return x, nfe, None
@@ -246,6 +244,26 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
     else:
         raise ValueError(f"--out {out}: use a .png (grid), a .npy (array of levels) or a directory ending in /")
     return x, nfe, path
+
+
+def process_picture(method, model, n: int, path, *, y=None, seed: int = 0, **opts):
+    """Sample n images while recording the process, and draw it: diffusion rows of x_t and x0_hat over the
+    steps; discrete methods the canvas after evenly spaced steps, not-yet-generated pixels in blue.
+    Returns (samples, evaluations per sample)."""
+    from .report.images import process_strip, reveal_strip
+
+    frames = []
+
+    def record(info: dict) -> None:
+        frames.append({key: v.detach().clone().cpu() if torch.is_tensor(v) else v for key, v in info.items()})
+
+    x, nfe = method.sample(model, n, y=y, seed=seed, batch_size=n, callback=record, **opts)
+    if frames and "x_t" in frames[0]:
+        process_strip([f["x_t"].clamp(-1, 1).cpu() for f in frames], [f["x0_hat"].cpu() for f in frames], path)
+    else:
+        start = {"x": torch.zeros_like(frames[0]["x"]), "known": torch.zeros_like(frames[0]["known"])}
+        reveal_strip([start] + frames, path)
+    return x, nfe
 
 
 def demo(*, name: str = "demo", time_budget: str = "100s", runs_root=None, force: bool = False,

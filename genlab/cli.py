@@ -1,4 +1,4 @@
-"""genlab's one command-line entry point: ``genlab {train,sample,demo,data,configs}``.
+"""genlab's one command-line entry point: ``genlab {train,sample,eval,compare,demo,data,featnet,configs}``.
 
 Each subcommand calls the function of the same name in :mod:`genlab.api`; config keys are set with
 ``section.key=value`` overrides, so every option is also a YAML key and a Python argument.
@@ -42,11 +42,26 @@ def _add_sample(sub):
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i [0]")
     p.add_argument("--batch-size", type=int, default=256, help="samples per batch [256]")
     p.add_argument("--out", default=None, help="output .png / .npy / DIR/ [samples.png; process.png with --process]")
-    p.add_argument("--process", action="store_true", help="write x_t and x0_hat over the steps as a strip")
+    p.add_argument("--process", action="store_true",
+                   help="write a picture of the generation process (diffusion: x_t and x0_hat over the steps; "
+                        "autoregressive: the image filling in)")
+    _add_discrete_options(p)
     p.add_argument("--labels", type=int, nargs="+", default=None, help="class labels (class-conditional models)")
     p.add_argument("--which", choices=["latest", "best"], default="latest", help="checkpoint of a run [latest]")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--device", default="auto")
+
+
+def _add_discrete_options(p):
+    g = p.add_argument_group("autoregressive, any-order and one-shot models")
+    g.add_argument("--temperature", type=float, default=None, help="softmax temperature (< 1 sharpens) [1]")
+    g.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest levels (0: all) [0]")
+    g.add_argument("--k", type=int, default=None, help="any_order: sub-pixels revealed per network evaluation [1]")
+    g.add_argument("--order", default=None, help="any_order: random | raster [random]")
+
+
+def _discrete_opts(args) -> dict:
+    return dict(temperature=args.temperature, top_k=args.top_k, k=args.k, order=args.order)
 
 
 def _add_demo(sub):
@@ -85,6 +100,10 @@ def _add_eval(sub):
     p.add_argument("--device", default="auto")
     p.add_argument("--pairs", default=None, help="write the closest sample/training pairs to this PNG")
     p.add_argument("--json", default=None, help="write every number to this JSON file")
+    p.add_argument("--bpd", action="store_true",
+                   help="also the test split's bits/dim (--ckpt only): exact for autoregressive and one-shot "
+                        "models, an unbiased estimate for any-order, the variational bound for diffusion")
+    _add_discrete_options(p)
 
 
 def _add_featnet(sub):
@@ -93,6 +112,23 @@ def _add_featnet(sub):
     p.add_argument("--data", default="digits", help="digits | mnist | fashion-mnist [digits]")
     p.add_argument("--root", default=None, help="data directory (mnist-style datasets)")
     p.add_argument("--seed", type=int, default=0)
+
+
+def _add_compare(sub):
+    p = sub.add_parser("compare", help="train several methods under one budget and write a comparison report",
+                       description="Train every method of a comparison spec (one after another, same budget), "
+                                   "choose checkpoints on the validation subset, evaluate all with one harness and "
+                                   "write OUT/index.html and OUT/README.md. Finished runs and evaluations are "
+                                   "reused, so an interrupted comparison continues.")
+    p.add_argument("--config", "-c", default="compare_digits",
+                   help="shipped comparison spec or YAML path [compare_digits]")
+    p.add_argument("--out", default="runs/compare", help="report directory [runs/compare]")
+    p.add_argument("--quick", action="store_true",
+                   help="a few training steps per method and small evaluations: checks the whole pipeline in "
+                        "about a minute (numbers meaningless)")
+    p.add_argument("--only", nargs="+", default=None, help="only these methods of the spec")
+    p.add_argument("--fresh", action="store_true", help="delete OUT first instead of reusing what it holds")
+    p.add_argument("--no-progress", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_eval(sub)
     _add_featnet(sub)
+    _add_compare(sub)
     sub.add_parser("configs", help="list the shipped config recipes")
     return p
 
@@ -119,7 +156,13 @@ def _eval(args) -> None:
     if args.ckpt:
         res = evaluate_checkpoint(args.ckpt, n=args.n, sampler=args.sampler, steps=args.steps, seeds=args.seeds,
                                   eta=args.eta, use_ema=not args.raw, which=args.which, batch_size=args.batch_size,
-                                  device=args.device, pairs_png=args.pairs)
+                                  device=args.device, pairs_png=args.pairs, **_discrete_opts(args))
+        if args.bpd:
+            from .api import load_data, load_run
+            from .eval.evaluate import bits_per_dim
+
+            cfg, method, model, _ = load_run(args.ckpt, which=args.which, use_ema=not args.raw, device=args.device)
+            res.update({"test_" + k: v for k, v in bits_per_dim(method, model, load_data(cfg, "test")).items()})
         title = (f"{res['checkpoint']} (step {res['step']}, {res['weights']} weights): {res['sampler']}, "
                  f"{res['nfe']} evaluations, {res['n']} samples x {res['seeds']} seed(s)")
     else:
@@ -164,7 +207,7 @@ def main(argv=None) -> int:
             _, nfe, path = api.sample(args.ckpt, n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
                                       seed=args.seed, batch_size=args.batch_size, out=out,
                                       process=args.process, labels=args.labels, which=args.which,
-                                      use_ema=not args.raw, device=args.device)
+                                      use_ema=not args.raw, device=args.device, **_discrete_opts(args))
             print(f"wrote {path} ({nfe} network evaluations per sample)")
         elif args.command == "demo":
             api.demo(name=args.name, time_budget=args.time_budget, runs_root=args.runs_dir, force=args.force)
@@ -180,6 +223,12 @@ def main(argv=None) -> int:
 
             train_featnet(args.data, root=args.root, seed=args.seed)
             print(f"saved under {default_cache_dir()}")
+        elif args.command == "compare":
+            from .compare import run as compare
+
+            out = compare(args.config, args.out, quick=args.quick, fresh=args.fresh, only=args.only,
+                          progress=not args.no_progress)
+            print(f"report: {out / 'index.html'} and {out / 'README.md'}")
         elif args.command == "configs":
             from .config import CONFIG_DIR
 

@@ -61,6 +61,17 @@ class DiffusionConfig:
 
 
 @dataclass
+class ARConfig:
+    """Backbone of method ``autoregressive`` (``any_order`` and ``diffusion`` use the UNet of ``model``)."""
+    backbone: str = "pixelcnn"         # pixelcnn (gated, van den Oord et al. 2016) | transformer (causal, KV cache)
+    width: int = 64                    # PixelCNN channels / transformer model width
+    layers: int = 8                    # gated layers / transformer blocks
+    kernel_size: int = 5               # PixelCNN only (odd)
+    heads: int = 4                     # transformer only; must divide width
+    dropout: float = 0.0
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = 128              # global batch (split over processes and accumulation steps)
     grad_accum: int = 1
@@ -97,6 +108,10 @@ class SampleConfig:
     variance: str = "small"            # ddpm posterior variance: small (beta tilde) | large (beta)
     n: int = 64
     use_ema: bool = True
+    temperature: float = 1.0           # discrete methods: softmax temperature (< 1 sharpens)
+    top_k: int = 0                     # discrete methods: sample among the k likeliest levels (0: all)
+    k: int = 1                         # any_order: sub-pixels revealed per network evaluation
+    order: str = "random"              # any_order: random | raster
 
 
 @dataclass
@@ -105,6 +120,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    ar: ARConfig = field(default_factory=ARConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
@@ -122,9 +138,14 @@ def _choices() -> dict:
     from .diffusion.process import PREDICTIONS
     from .diffusion.samplers import SAMPLERS, SPACINGS
     from .diffusion.schedules import SCHEDULES
+    from .methods import METHODS
+    from .methods.any_order import ORDERS
+    from .methods.autoregressive import BACKBONES
 
     return {
-        "method": ("diffusion",),
+        "method": tuple(METHODS),
+        "ar.backbone": BACKBONES,
+        "sample.order": ORDERS,
         "data.name": DATASETS,
         "data.on_bad_image": ("error", "skip"),
         "diffusion.schedule": SCHEDULES,
@@ -165,10 +186,12 @@ def validate(cfg: Config) -> None:
 
     for k in ("model.width", "model.num_res_blocks", "model.num_heads", "diffusion.timesteps", "train.batch_size",
               "train.eval_n",
+              "ar.width", "ar.layers", "ar.kernel_size", "ar.heads", "sample.k", "sample.temperature",
               "train.grad_accum", "train.lr", "train.log_every", "sample.steps", "sample.n"):
         positive(k)
     for k in ("train.weight_decay", "train.warmup_steps", "train.grad_clip", "train.val_every", "train.ckpt_every",
-              "train.keep_last", "train.sample_every", "train.eval_every", "train.num_threads", "sample.eta", "train.min_lr_ratio"):
+              "train.keep_last", "train.sample_every", "train.eval_every", "train.num_threads", "sample.eta", "train.min_lr_ratio",
+              "sample.top_k"):
         positive(k, allow_zero=True)
     positive("train.max_steps", allow_none=True)
     if cfg.data.image_size is not None and cfg.data.image_size < 4:
@@ -179,6 +202,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.channel_mults={cfg.model.channel_mults} must be a non-empty list of positive ints")
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"model.dropout={cfg.model.dropout} must be in [0, 1)")
+    if not 0.0 <= cfg.ar.dropout < 1.0:
+        raise ConfigError(f"ar.dropout={cfg.ar.dropout} must be in [0, 1)")
+    if cfg.ar.kernel_size % 2 == 0:
+        raise ConfigError(f"ar.kernel_size={cfg.ar.kernel_size} must be odd")
+    if cfg.ar.width % cfg.ar.heads:
+        raise ConfigError(f"ar.width={cfg.ar.width} must be divisible by ar.heads={cfg.ar.heads}")
     if not 0.0 <= cfg.diffusion.cond_drop < 1.0:
         raise ConfigError(f"diffusion.cond_drop={cfg.diffusion.cond_drop} must be in [0, 1)")
     if not 0.0 <= cfg.train.ema_decay < 1.0:

@@ -152,13 +152,30 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
+def sampling_label(cfg, opts: dict) -> str:
+    """A short name of how samples were drawn: ``ddim-50``, ``raster``, ``any-order k=4 random``, ``one-shot``."""
+    s = cfg.sample
+    if cfg.method == "diffusion":
+        return f"{opts.get('sampler') or s.sampler}-{opts.get('steps') or s.steps}"
+    if cfg.method == "any_order":
+        order = opts.get("order", s.order)
+        return f"k={opts.get('k', s.k)} {order if isinstance(order, str) else 'custom'} order"
+    extra = [f"T={opts['temperature']}"] if opts.get("temperature", 1.0) != 1.0 else []
+    extra += [f"top-{opts['top_k']}"] if opts.get("top_k") else []
+    return " ".join(["raster" if cfg.method == "autoregressive" else "one-shot"] + extra)
+
+
 def evaluate_checkpoint(ckpt, *, n: int = 1000, sampler: Optional[str] = None, steps: Optional[int] = None,
                         seeds: int = 1, eta: Optional[float] = None, use_ema: bool = True, which: str = "latest",
-                        batch_size: int = 500, device: str = "auto", pairs_png=None) -> dict:
-    """Sample n images per seed (seed k uses per-sample seeds k * n + i) and evaluate them; with cost."""
+                        batch_size: int = 500, device: str = "auto", pairs_png=None, **opts) -> dict:
+    """Sample n images per seed (seed k uses per-sample seeds k * n + i) and evaluate them; with cost.
+    ``opts``: the method's sampling options (e.g. k and order for any_order); None values are dropped."""
     from ..api import load_run
+    from ..methods.categorical import check_sample_options
 
     cfg, method, model, state = load_run(ckpt, which=which, use_ema=use_ema, device=device)
+    opts = {k: v for k, v in dict(opts, sampler=sampler, steps=steps, eta=eta).items() if v is not None}
+    check_sample_options(cfg.method, method.sample_options, opts)
     data, levels = state["data"]["name"], state["data"]["levels"]
     dev = next(model.parameters()).device
     if dev.type == "cuda":
@@ -166,18 +183,37 @@ def evaluate_checkpoint(ckpt, *, n: int = 1000, sampler: Optional[str] = None, s
     runs, secs, nfe = [], [], 0
     for k in range(seeds):
         t0 = time.perf_counter()
-        x, nfe = method.sample(model, n, sampler=sampler, steps=steps, eta=eta, seed=k * n, batch_size=batch_size,
-                               device=dev)
+        x, nfe = method.sample(model, n, seed=k * n, batch_size=batch_size, device=dev, **opts)
         secs.append(time.perf_counter() - t0)
         runs.append(evaluate_samples(from_model(x, levels).numpy(), data, seed=k,
                                      pairs_png=pairs_png if k == 0 else None))
     mem, mem_kind = _peak_memory_mb(dev)
     out = summarize(runs)
     out.update({"checkpoint": state["path"], "step": state["step"], "data": data, "n": n, "seeds": seeds,
-                "sampler": sampler or cfg.sample.sampler, "steps": steps or cfg.sample.steps, "nfe": nfe,
+                "method": cfg.method, "sampler": sampling_label(cfg, opts),
+                "steps": steps or cfg.sample.steps, "nfe": nfe,
                 "seconds_per_1000": 1000 * float(np.mean(secs)) / n, "peak_memory_mb": mem,
                 "peak_memory_kind": mem_kind, "weights": "ema" if use_ema else "raw", "per_seed": runs})
     return out
+
+
+def bits_per_dim(method, model, dataset, *, batch_size: int = 256, **kw) -> dict:
+    """Test bits/dim of a model on a dataset (``method.log_likelihood``: exact for raster AR and one-shot, an
+    unbiased estimate for any-order AR, the variational bound for diffusion), with its standard error over
+    images and the seconds it took."""
+    from ..data import to_model
+
+    dev = next(model.parameters()).device
+    t0 = time.perf_counter()
+    vals = []
+    for b0 in range(0, len(dataset), batch_size):
+        idx = torch.arange(b0, min(b0 + batch_size, len(dataset)))
+        b = dataset.batch(idx)
+        y = b.get("y")
+        vals.append(method.log_likelihood(model, b["x"].to(dev), None if y is None else y.to(dev), **kw).cpu())
+    v = torch.cat(vals).double()
+    return {"bpd": float(v.mean()), "bpd_sem": float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0,
+            "n": len(v), "seconds": time.perf_counter() - t0}
 
 
 def format_report(res: dict, title: str = "") -> str:
@@ -201,6 +237,8 @@ def format_report(res: dict, title: str = "") -> str:
             ("identical to a training image", val("dup_fraction", "{:.4f}")),
             ("mean nearest-train distance (pixels)", val("nn_pixel")),
             ("feature network test accuracy", val("featnet_test_accuracy", "{:.4f}"))]
+    if "test_bpd" in res:
+        rows.append((f"test bits/dim ({res['test_n']} images)", f"{res['test_bpd']:.4f} ± {res['test_bpd_sem']:.4f}"))
     if "nfe" in res:
         rows += [("network evaluations per sample", str(res["nfe"])),
                  ("seconds per 1000 samples", f"{res['seconds_per_1000']:.2f}"),

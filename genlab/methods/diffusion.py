@@ -17,6 +17,7 @@ from ..diffusion.samplers import sampler_options
 from ..diffusion.process import q_sample, target
 from ..nn import UNet
 from ..rng import StepRNG
+from .categorical import check_sample_options
 
 
 def snr_weight(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
@@ -34,6 +35,7 @@ def snr_weight(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor
 
 class DiffusionMethod:
     name = "diffusion"
+    sample_options = ("sampler", "steps", "eta", "spacing", "variance")
 
     def __init__(self, cfg: Config):
         d = cfg.diffusion
@@ -45,11 +47,12 @@ class DiffusionMethod:
         self.prediction = d.prediction
 
     # ------------------------------------------------------------------ model
-    def build_model(self, shape: tuple[int, int, int], num_classes: int = 0) -> torch.nn.Module:
+    def build_model(self, shape: tuple[int, int, int], num_classes: int = 0, levels: int = 256) -> torch.nn.Module:
         m = self.cfg.model
         c, h, w = shape
         if h != w:
             raise ValueError(f"the UNet expects square images, got {h}x{w}")
+        self.levels = levels
         return UNet(in_channels=c, image_size=h, width=m.width, channel_mults=tuple(m.channel_mults),
                     num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
                     num_heads=m.num_heads, dropout=m.dropout, num_classes=num_classes if m.class_cond else 0)
@@ -74,6 +77,28 @@ class DiffusionMethod:
             err = err * snr_weight(self.snr.to(x0.device)[t], self.prediction, self.cfg.diffusion.min_snr_gamma)
         return err.mean()
 
+    # ------------------------------------------------------------------ likelihood
+    @torch.no_grad()
+    def log_likelihood(self, model, x: torch.Tensor, y: Optional[torch.Tensor] = None, *,
+                       t_samples: Optional[int] = None, seed: int = 0, variance: str = "small",
+                       levels: Optional[int] = None, **_) -> torch.Tensor:
+        """The variational bound in bits/dim of each image (N,) on the dataset's levels (DDPM eq. 5 with a
+        discretized Gaussian decoder; :func:`genlab.diffusion.likelihood.vlb_bpd`): all T terms (T network
+        evaluations per image), or an unbiased estimate from ``t_samples`` random timesteps per image."""
+        from ..diffusion.likelihood import vlb_bpd
+
+        net = _unwrap(model)
+        was_training = net.training
+        net.eval()
+        levels = levels or getattr(self, "levels", None)
+        if levels is None:
+            raise ValueError("the diffusion bound needs the dataset's number of levels")
+        g = torch.Generator(device=x.device if x.device.type == "cuda" else "cpu").manual_seed(seed)
+        den = self.denoiser(net, y if net.num_classes else None)
+        out = vlb_bpd(den, self.schedule, x, levels, variance=variance, t_samples=t_samples, generator=g)
+        net.train(was_training)
+        return out["bpd"]
+
     # ------------------------------------------------------------------ sampling
     def denoiser(self, model, y: Optional[torch.Tensor] = None) -> Denoiser:
         return Denoiser(model, self.schedule, self.prediction, y=y, clip=self.cfg.diffusion.clip_sample)
@@ -82,12 +107,14 @@ class DiffusionMethod:
     def sample(self, model, n: int, *, y: Optional[torch.Tensor] = None, sampler: Optional[str] = None,
                steps: Optional[int] = None, eta: Optional[float] = None, spacing: Optional[str] = None,
                variance: Optional[str] = None, seed: int = 0, batch_size: int = 256,
-               callback: Optional[Callable] = None, device=None, progress: bool = False) -> tuple[torch.Tensor, int]:
+               callback: Optional[Callable] = None, device=None, progress: bool = False,
+               **opts) -> tuple[torch.Tensor, int]:
         """Draw n images in [-1, 1]; sample i uses seed + i alone, so it does not depend on the batching.
 
         Returns (images N x C x H x W on the CPU, network evaluations per sample). The callback (if given)
         receives the step info of the first batch only.
         """
+        check_sample_options(self.name, (), opts)
         s = self.cfg.sample
         sampler = sampler or s.sampler
         fn = get_sampler(sampler)

@@ -65,6 +65,31 @@ def process_strip(frames_xt: Sequence[torch.Tensor], frames_x0: Sequence[torch.T
     return path
 
 
+UNKNOWN_RGB = (0.25, 0.45, 0.85)  # colour of not-yet-generated pixels in reveal strips
+
+
+def mark_unknown(x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] as RGB with every pixel that is not fully known painted in ``UNKNOWN_RGB``."""
+    rgb = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    unknown = ~known.all(dim=1, keepdim=True)
+    paint = torch.tensor(UNKNOWN_RGB, dtype=rgb.dtype).view(1, 3, 1, 1) * 2 - 1
+    return torch.where(unknown, paint.to(rgb.device), rgb)
+
+
+def reveal_strip(frames: Sequence[dict], path, max_cols: int = 12) -> Path:
+    """A picture of discrete (autoregressive) generation: one row per sample, the canvas after evenly spaced
+    steps, pixels not generated yet shown in blue. ``frames``: dicts with ``x`` and ``known`` (N, C, H, W)."""
+    k = len(frames)
+    cols = np.unique(np.linspace(0, k - 1, min(max_cols, k)).round().astype(int))
+    n = frames[0]["x"].shape[0]
+    shown = [mark_unknown(frames[c]["x"].cpu(), frames[c]["known"].cpu()) for c in cols]
+    allx = torch.stack([shown[j][i] for i in range(n) for j in range(len(cols))])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid(allx, nrow=len(cols), scale=auto_scale(allx.shape[-1])).save(path)
+    return path
+
+
 def loss_plot(metrics_jsonl, path) -> Optional[Path]:
     """Training loss (and validation loss) against step, from a run's metrics.jsonl."""
     import matplotlib

@@ -132,7 +132,7 @@ def autocast_for(device: torch.device, precision: str):
     return (lambda: torch.autocast(device_type=device.type, dtype=dtype)), scaler
 
 
-def config_mismatch(saved: dict, cfg: Config, sections=("method", "data", "model", "diffusion")) -> list[str]:
+def config_mismatch(saved: dict, cfg: Config, sections=("method", "data", "model", "diffusion", "ar")) -> list[str]:
     """Keys (in sections that shape the model or the data) whose saved value differs from cfg."""
     now = cfg.to_dict()
     diffs = []

@@ -1,0 +1,458 @@
+"""``genlab compare``: train several methods under one budget, evaluate them with one harness, write one report.
+
+A comparison spec (``genlab/configs/compare_digits.yaml`` or any YAML file) lists methods, each a training recipe
+plus overrides and the sampling settings to evaluate. Every method trains with the same wall-clock budget, one
+after another (never two at once), into ``OUT/runs/NAME``; the checkpoint with the best validation loss (on the
+validation subset carved from the train split, never the test split) is evaluated: test bits/dim (exact for
+raster AR and one-shot, an unbiased estimate for any-order AR, the variational bound for diffusion, all on the
+same discrete levels), FID / precision / recall on the same feature network, network evaluations per sample,
+sampling seconds per 1000 images, training images/s and parameters. ``OUT/index.html`` and ``OUT/README.md``
+hold the table, sample grids, pictures of the generation process, FID against network evaluations per family,
+and a summary written from the table's numbers.
+
+Runs that finished are reused and evaluations are cached in ``OUT/results.json``, so an interrupted comparison
+continues where it stopped (``--fresh`` starts over).
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import yaml
+
+from .config import ConfigError, find_config
+
+FAMILIES = {"oneshot": "one-shot", "autoregressive": "autoregressive", "any_order": "any-order AR",
+            "diffusion": "diffusion"}
+SPEC_KEYS = {"budget", "data", "overrides", "eval", "methods", "quick"}
+METHOD_KEYS = {"name", "config", "overrides", "samplers", "label"}
+EVAL_DEFAULTS = {"n": 1000, "seeds": 1, "bpd_images": None, "any_order_draws": 16, "diffusion_t_samples": None,
+                 "grid_n": 64, "batch_size": 500}
+QUICK_DEFAULTS = {"max_steps": 15, "eval": {"n": 200, "bpd_images": 64, "any_order_draws": 2,
+                                            "diffusion_t_samples": 4, "grid_n": 16}, "max_nfe": 100}
+
+
+@dataclass
+class MethodSpec:
+    name: str
+    config: str
+    overrides: list = field(default_factory=list)
+    samplers: list = field(default_factory=lambda: [{}])
+    label: Optional[str] = None
+
+
+@dataclass
+class CompareSpec:
+    budget: str
+    methods: list
+    data: list = field(default_factory=list)        # overrides applied to every method, e.g. data.name=digits
+    overrides: list = field(default_factory=list)   # overrides applied to every method (e.g. train.num_threads=2)
+    eval: dict = field(default_factory=dict)
+    quick: dict = field(default_factory=dict)
+
+
+def load_spec(name_or_path: str) -> CompareSpec:
+    """A comparison spec by shipped name (``compare_digits``) or path, with unknown keys named."""
+    path = find_config(name_or_path)
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(d, dict) or "methods" not in d:
+        raise ConfigError(f"{path} is not a comparison spec: it needs a 'methods' list (see "
+                          f"genlab/configs/compare_digits.yaml); to train one model use `genlab train --config`")
+    bad = set(d) - SPEC_KEYS
+    if bad:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(bad)}; allowed: {sorted(SPEC_KEYS)}")
+    methods = []
+    for i, m in enumerate(d["methods"] or []):
+        if not isinstance(m, dict) or "name" not in m or "config" not in m:
+            raise ConfigError(f"{path}: methods[{i}] needs a name and a config")
+        bad = set(m) - METHOD_KEYS
+        if bad:
+            raise ConfigError(f"{path}: methods[{i}] ({m['name']}): unknown key(s) {sorted(bad)}; "
+                              f"allowed: {sorted(METHOD_KEYS)}")
+        methods.append(MethodSpec(name=str(m["name"]), config=str(m["config"]), overrides=list(m.get("overrides") or []),
+                                  samplers=list(m.get("samplers") or [{}]), label=m.get("label")))
+    if not methods:
+        raise ConfigError(f"{path}: the methods list is empty")
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: method names must be unique, got {names}")
+    ev = dict(d.get("eval") or {})
+    bad = set(ev) - set(EVAL_DEFAULTS)
+    if bad:
+        raise ConfigError(f"{path}: unknown eval key(s) {sorted(bad)}; allowed: {sorted(EVAL_DEFAULTS)}")
+    return CompareSpec(budget=str(d.get("budget", "300s")), methods=methods, data=list(d.get("data") or []),
+                       overrides=list(d.get("overrides") or []), eval={**EVAL_DEFAULTS, **ev},
+                       quick={**QUICK_DEFAULTS, **(d.get("quick") or {})})
+
+
+def _family(method: str) -> str:
+    return FAMILIES.get(method, method)
+
+
+def _sampler_key(opts: dict) -> str:
+    return json.dumps(opts, sort_keys=True)
+
+
+def run(spec_name: str = "compare_digits", out="runs/compare", *, quick: bool = False, fresh: bool = False,
+        only: Optional[list] = None, progress: bool = True) -> Path:
+    """Train (or reuse), evaluate and report every method of the spec; returns the report directory."""
+    from . import api
+    from .eval.evaluate import bits_per_dim, evaluate_checkpoint, sampling_label
+    from .train import checkpoint as ck
+
+    spec = load_spec(spec_name)
+    out = Path(out)
+    if fresh and out.exists():
+        import shutil
+        shutil.rmtree(out)
+    (out / "img").mkdir(parents=True, exist_ok=True)
+    ev = dict(spec.eval)
+    if quick:
+        ev.update(spec.quick.get("eval", {}))
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if results.get("_mode") not in (None, "quick" if quick else "full"):
+        raise ValueError(f"{out} holds a {'full' if quick else 'quick'} comparison; use another --out or --fresh")
+    results["_mode"] = "quick" if quick else "full"
+    methods = [m for m in spec.methods if not only or m.name in only]
+    if only and len(methods) != len(only):
+        raise ValueError(f"--only: unknown method(s) {sorted(set(only) - {m.name for m in spec.methods})}; "
+                         f"the spec has {', '.join(m.name for m in spec.methods)}")
+
+    def save_results():
+        tmp = results_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1, default=float))
+        tmp.replace(results_path)
+
+    budget = [f"train.max_steps={spec.quick['max_steps']}", "train.time_budget=null", "train.val_every=5",
+              "train.ckpt_every=0", "train.warmup_steps=2"] if quick else \
+        [f"train.time_budget={spec.budget}", "train.max_steps=null"]
+    for m in methods:
+        t0 = time.time()
+        rec = results.setdefault(m.name, {"name": m.name, "rows": {}})
+        overrides = spec.data + spec.overrides + m.overrides + budget + ["train.sample_every=0", "train.eval_every=0"]
+        cfg = api.resolve_config(m.config, overrides)
+        run_dir = out / "runs" / m.name
+        done = run_dir / "done.json"
+        if not (done.exists() and json.loads(done.read_text()).get("config") == cfg.to_dict()):
+            rec["rows"] = {}
+            resumable = (run_dir / "checkpoints").is_dir() and not done.exists()
+            try:
+                resumable = resumable and bool(ck.resolve_checkpoint(run_dir))
+            except ck.CheckpointError:
+                resumable = False
+            print(f"[compare] training {m.name} ({cfg.method}) for "
+                  f"{spec.budget if not quick else str(spec.quick['max_steps']) + ' steps'}"
+                  f"{' (resuming)' if resumable else ''}", file=sys.stderr)
+            res = api.train(cfg, [], name=m.name, runs_root=out / "runs", resume=resumable, force=not resumable,
+                            progress=progress)
+            if res.interrupted:
+                raise KeyboardInterrupt
+            done.write_text(json.dumps({"config": cfg.to_dict()}))
+        which = "best" if _has_best(run_dir) else "latest"
+        cfg_, method, model, state = api.load_run(run_dir, which=which)
+        rec.update({"method": cfg.method, "family": _family(cfg.method), "label": m.label or m.name,
+                    "checkpoint": state["path"], "step": state["step"],
+                    "params": sum(p.numel() for p in model.parameters()),
+                    "train_images_per_s": state["samples_seen"] / max(state["time_used"], 1e-9),
+                    "train_seconds": state["time_used"], "images_seen": state["samples_seen"],
+                    "best_val_loss": state.get("best_val")})
+        if "test_bpd" not in rec:
+            test = api.load_data(cfg, "test")
+            if ev["bpd_images"]:
+                test = _head(test, ev["bpd_images"])
+            kw = {"any_order": {"draws": ev["any_order_draws"]},
+                  "diffusion": {"t_samples": ev["diffusion_t_samples"]}}.get(cfg.method, {})
+            print(f"[compare] {m.name}: test bits/dim on {len(test)} images", file=sys.stderr)
+            b = bits_per_dim(method, model, test, **kw)
+            rec.update({"test_bpd": b["bpd"], "test_bpd_sem": b["bpd_sem"], "test_bpd_n": b["n"],
+                        "test_bpd_seconds": b["seconds"],
+                        "bpd_kind": {"autoregressive": "exact", "oneshot": "exact", "any_order": "estimate",
+                                     "diffusion": "bound"}[cfg.method]})
+            save_results()
+        samplers = [s for s in m.samplers if not quick or _nfe_guess(cfg, s) <= spec.quick["max_nfe"]]
+        for opts in samplers:
+            key = _sampler_key(opts)
+            if key in rec["rows"]:
+                continue
+            print(f"[compare] {m.name}: sampling {ev['n']} with {opts or 'defaults'}", file=sys.stderr)
+            r = evaluate_checkpoint(run_dir, which=which, n=ev["n"], seeds=ev["seeds"],
+                                    batch_size=ev["batch_size"], **opts)
+            rec["rows"][key] = {"opts": opts, "sampler": sampling_label(cfg, opts), "nfe": r["nfe"],
+                                "fid": r["fid_train"], "fid_std": r.get("fid_train_std", 0.0),
+                                "precision": r["precision"], "recall": r["recall"],
+                                "seconds_per_1000": r["seconds_per_1000"],
+                                "matched_ratio": r["matched"]["ratio"], "entropy": r["entropy"]}
+            save_results()
+        if "pictures" not in rec:
+            rec["pictures"] = _pictures(m.name, method, model, cfg, samplers, out / "img", ev["grid_n"],
+                                        state["data"]["levels"])
+            save_results()
+        print(f"[compare] {m.name} done in {time.time() - t0:.0f}s", file=sys.stderr)
+    results["_spec"] = {"budget": spec.budget if not quick else f"{spec.quick['max_steps']} steps (quick)",
+                        "eval_n": ev["n"], "data": cfg.data.name, "order": [m.name for m in spec.methods]}
+    save_results()
+    write_report(results, out)
+    return out
+
+
+def _has_best(run_dir: Path) -> bool:
+    from .train import checkpoint as ck
+    try:
+        ck.resolve_checkpoint(run_dir, "best")
+        return True
+    except ck.CheckpointError:
+        return False
+
+
+def _head(ds, n: int):
+    """The first n images of a dataset (same type)."""
+    import copy
+    d = copy.copy(ds)
+    d.x = ds.x[:n]
+    if ds.y is not None:
+        d.y = ds.y[:n]
+    return d
+
+
+def _nfe_guess(cfg, opts: dict) -> int:
+    if cfg.method == "diffusion":
+        steps = opts.get("steps", cfg.sample.steps)
+        return 2 * steps - 1 if opts.get("sampler", cfg.sample.sampler) == "heun" else steps
+    return 1
+
+
+def _pictures(name, method, model, cfg, samplers, img_dir: Path, grid_n: int, levels: int) -> dict:
+    """A sample grid per sampling setting (the first and the last), the generation process, and for one-shot
+    the mean image."""
+    from .api import process_picture, quantize
+    from .report.images import save_grid
+
+    pics = {}
+    for opts in [samplers[0]] + ([samplers[-1]] if len(samplers) > 1 else []):
+        x, _ = method.sample(model, grid_n, seed=0, **opts)
+        p = img_dir / f"{name}_samples_{_slug(opts)}.png"
+        save_grid(quantize(x, levels), p, nrow=8 if grid_n >= 8 else None)
+        pics.setdefault("grids", []).append({"opts": opts, "path": p.name})
+    proc = samplers[0]
+    if cfg.method == "any_order" and len(samplers) > 1:
+        proc = max(samplers, key=lambda s: s.get("k", 1))   # a few big steps show the k-pixel reveal best
+    p = img_dir / f"{name}_process.png"
+    process_picture(method, model, 4, p, seed=0, **proc)
+    pics["process"] = {"opts": proc, "path": p.name}
+    if cfg.method == "oneshot":
+        p = img_dir / f"{name}_mean.png"
+        save_grid(method.mean_image(model, 1), p)
+        pics["mean"] = p.name
+    return pics
+
+
+def _slug(opts: dict) -> str:
+    return "_".join(f"{k}{v}" for k, v in sorted(opts.items())) or "default"
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+def table_rows(results: dict) -> list[dict]:
+    """One row per (method, sampling setting), in the spec's order."""
+    rows = []
+    order = results.get("_spec", {}).get("order") or [k for k in results if not k.startswith("_")]
+    for name in order:
+        rec = results.get(name)
+        if not rec:
+            continue
+        for r in rec["rows"].values():
+            rows.append({"name": name, "label": rec["label"], "family": rec["family"], "method": rec["method"],
+                         "test_bpd": rec["test_bpd"], "test_bpd_sem": rec["test_bpd_sem"],
+                         "bpd_kind": rec["bpd_kind"], "params": rec["params"],
+                         "train_images_per_s": rec["train_images_per_s"], **r})
+    return rows
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """Plain statements derived from the table's numbers only (so they change when the numbers do)."""
+    if not rows:
+        return []
+    out = []
+    best = min(rows, key=lambda r: r["fid"])
+    out.append(f"Best sample quality: **{best['label']}** ({best['sampler']}), FID {best['fid']:.2f} with "
+               f"{best['nfe']} network evaluations per sample.")
+    per_model = {}
+    for r in rows:
+        per_model.setdefault(r["name"], r)
+    bpd_best = min(per_model.values(), key=lambda r: r["test_bpd"])
+    out.append(f"Best test likelihood: **{bpd_best['label']}** at {bpd_best['test_bpd']:.3f} bits/dim "
+               f"({bpd_best['bpd_kind']}).")
+    if bpd_best["name"] != best["name"]:
+        out.append(f"The best likelihood is not the best sample quality: {bpd_best['label']} samples reach FID "
+                   f"{min(r['fid'] for r in rows if r['name'] == bpd_best['name']):.2f}, against "
+                   f"{best['fid']:.2f} for {best['label']}; likelihood rewards covering every pixel's "
+                   f"uncertainty, FID rewards images that look right.")
+    fam = {}
+    for r in rows:
+        fam.setdefault(r["family"], []).append(r)
+    ar, dif = fam.get("autoregressive"), fam.get("diffusion")
+    if ar and dif:
+        a = min(ar, key=lambda r: r["fid"])
+        d_ = min(dif, key=lambda r: r["fid"])
+        better = "diffusion" if d_["fid"] < a["fid"] else "raster autoregression"
+        ratio = max(a["fid"], d_["fid"]) / max(min(a["fid"], d_["fid"]), 1e-9)
+        out.append(f"Diffusion vs raster autoregression: best diffusion FID {d_['fid']:.2f} ({d_['label']}, "
+                   f"{d_['nfe']} evaluations) vs best raster AR FID {a['fid']:.2f} ({a['label']}, {a['nfe']} "
+                   f"evaluations): {better} is better by {ratio:.2f}x in FID, with "
+                   f"{_times(d_['nfe'], a['nfe'])} the network evaluations of the other.")
+        cheap = [r for r in dif if r["nfe"] < a["nfe"]]
+        if cheap:
+            c = min(cheap, key=lambda r: r["fid"])
+            verdict = "better than" if c["fid"] < a["fid"] else "worse than"
+            out.append(f"With fewer evaluations than raster AR needs ({a['nfe']}), diffusion's best is FID "
+                       f"{c['fid']:.2f} at {c['nfe']}: {verdict} raster AR.")
+    ao = sorted((r for r in fam.get("any-order AR", []) if "k=" in r["sampler"]), key=lambda r: r["nfe"],
+                reverse=True)
+    if len(ao) >= 2:
+        lo, hi = ao[0], ao[-1]
+        trend = "rises" if hi["fid"] > lo["fid"] else "does not rise"
+        out.append(f"Any-order AR: revealing more pixels per step cuts evaluations from {lo['nfe']} to {hi['nfe']} "
+                   f"and FID {trend} from {lo['fid']:.2f} to {hi['fid']:.2f} (pixels drawn in the same step are "
+                   f"sampled independently of each other).")
+    one = fam.get("one-shot")
+    if one:
+        o = one[0]
+        worst = max(rows, key=lambda r: r["fid"])
+        rank = "the worst" if worst["name"] == o["name"] else f"not the worst ({worst['label']} is)"
+        out.append(f"One-shot (independent pixels): FID {o['fid']:.2f} with 1 evaluation, {rank}: each pixel's "
+                   f"marginal is right but nothing ties neighbouring pixels together; its mean is the blurry "
+                   f"average.")
+    return out
+
+
+def _times(a: float, b: float) -> str:
+    if a == b:
+        return "the same number of"
+    return f"{a / b:.2g}x" if a > b else f"1/{b / a:.3g}"
+
+
+COLUMNS = [("label", "method"), ("sampler", "sampling"), ("test_bpd", "test bits/dim"), ("fid", "FID"),
+           ("precision", "precision"), ("recall", "recall"), ("nfe", "evals/sample"),
+           ("seconds_per_1000", "s / 1000 samples"), ("train_images_per_s", "train img/s"), ("params", "params")]
+
+
+def _fmt(key, r) -> str:
+    v = r[key]
+    if key == "test_bpd":
+        tag = {"exact": "", "estimate": " (est.)", "bound": " (bound)"}[r["bpd_kind"]]
+        return f"{v:.3f} ± {r['test_bpd_sem']:.3f}{tag}"
+    if key == "fid":
+        return f"{v:.2f}" + (f" ± {r['fid_std']:.2f}" if r.get("fid_std") else "")
+    if key in ("precision", "recall"):
+        return f"{v:.2f}"
+    if key == "seconds_per_1000":
+        return f"{v:.1f}"
+    if key == "train_images_per_s":
+        return f"{v:.0f}"
+    if key == "params":
+        return f"{v / 1e3:.0f}k"
+    return str(v)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = "| " + " | ".join(h for _, h in COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
+    return head + "\n".join("| " + " | ".join(_fmt(k, r) for k, _ in COLUMNS) + " |" for r in rows) + "\n"
+
+
+def fid_nfe_plot(rows: list[dict], path: Path) -> Path:
+    """FID against network evaluations per sample (log x), one curve per family (its best FID at each count)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    fams = {}
+    for r in rows:
+        fams.setdefault(r["family"], []).append(r)
+    for fam, rs in fams.items():
+        best = {}
+        for r in rs:
+            if r["nfe"] not in best or r["fid"] < best[r["nfe"]]["fid"]:
+                best[r["nfe"]] = r
+        pts = sorted(best.values(), key=lambda r: r["nfe"])
+        line, = ax.plot([r["nfe"] for r in pts], [r["fid"] for r in pts], "o-", label=fam, ms=5)
+        ax.plot([r["nfe"] for r in rs], [r["fid"] for r in rs], "o", color=line.get_color(), alpha=0.35, ms=4)
+        for r in pts:
+            ax.annotate(r["label"] if len({q["name"] for q in rs}) > 1 else r["sampler"], (r["nfe"], r["fid"]),
+                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("network evaluations per sample")
+    ax.set_ylabel("FID vs train (lower is better)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict, out: Path) -> None:
+    rows = table_rows(results)
+    spec = results.get("_spec", {})
+    fid_nfe_plot(rows, out / "img" / "fid_vs_nfe.png")
+    lines = summary(rows)
+    title = f"genlab compare: {spec.get('data', '?')}, {spec.get('budget', '?')} of training per method"
+    md = [f"# {title}\n", f"FID from {spec.get('eval_n', '?')} samples against the train split; test bits/dim on "
+          "the test split (exact for raster AR and one-shot, an unbiased estimate for any-order AR, the "
+          "variational bound for diffusion, all on the same levels); checkpoints chosen by validation loss.\n",
+          "## Summary\n", *[f"- {s}" for s in lines], "", "## Table\n", markdown_table(rows),
+          "## FID against network evaluations\n", "![FID vs evaluations](img/fid_vs_nfe.png)\n",
+          "## Samples and the generation process\n"]
+    names = spec.get("order") or [k for k in results if not k.startswith("_")]
+    for name in names:
+        rec = results.get(name)
+        if not rec or "pictures" not in rec:
+            continue
+        pics = rec["pictures"]
+        md.append(f"### {rec['label']} ({rec['family']})\n")
+        for g in pics.get("grids", []):
+            md.append(f"![{name} samples](img/{g['path']}) ")
+        if "mean" in pics:
+            md.append(f"\nmean image: ![{name} mean](img/{pics['mean']})")
+        md.append(f"\n\nprocess ({_slug(pics['process']['opts'])}): ![{name} process](img/{pics['process']['path']})\n")
+    (out / "README.md").write_text("\n".join(md) + "\n")
+    (out / "index.html").write_text(_html(title, lines, rows, results, names))
+
+
+def _html(title, lines, rows, results, names) -> str:
+    e = html.escape
+    import re
+    bold = lambda s: re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", e(s))  # noqa: E731
+    head = "".join(f"<th>{e(h)}</th>" for _, h in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{e(_fmt(k, r))}</td>" for k, _ in COLUMNS) + "</tr>" for r in rows)
+    pics = []
+    for name in names:
+        rec = results.get(name)
+        if not rec or "pictures" not in rec:
+            continue
+        p = rec["pictures"]
+        imgs = "".join(f'<img src="img/{e(g["path"])}" title="{e(_slug(g["opts"]))}">' for g in p.get("grids", []))
+        if "mean" in p:
+            imgs += f'<img src="img/{e(p["mean"])}" title="mean image">'
+        pics.append(f"<h3>{e(rec['label'])} <small>({e(rec['family'])})</small></h3><div>{imgs}</div>"
+                    f'<p>process:</p><img src="img/{e(p["process"]["path"])}">')
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{image-rendering:pixelated;margin:4px}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{style}</style>"
+            f"</head><body><h1>{e(title)}</h1><h2>Summary</h2><ul>{''.join(f'<li>{bold(s)}</li>' for s in lines)}"
+            f"</ul><h2>Table</h2><table><tr>{head}</tr>{body}</table><h2>FID against network evaluations</h2>"
+            f"<img src='img/fid_vs_nfe.png'><h2>Samples and the generation process</h2>{''.join(pics)}"
+            "</body></html>\n")

@@ -1,0 +1,89 @@
+"""Shared pieces of the discrete (categorical-over-levels) methods: one-shot, raster AR and any-order AR.
+
+Images live in model space [-1, 1] (see :func:`genlab.data.to_model`); these methods model the integer levels
+0..L-1 of each sub-pixel with a categorical distribution, so their likelihoods are exact discrete ones, in
+bits per dimension (bits/dim = negative log2-likelihood / (C * H * W)), comparable with the diffusion bound
+computed on the same levels.
+
+Sampling randomness is drawn per sample (sample i from a generator seeded with seed + i), as uniform numbers
+consumed by inverse-CDF draws, so a sample does not depend on the batch it is drawn in.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+LN2 = math.log(2.0)
+
+
+def to_levels(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """Model-space floats in [-1, 1] to integer levels 0..L-1 (long), the inverse of ``to_model``."""
+    return torch.round((x.float() + 1) / 2 * (levels - 1)).clamp_(0, levels - 1).long()
+
+
+def from_levels(v: torch.Tensor, levels: int) -> torch.Tensor:
+    """Integer levels to model space: v / (L-1) * 2 - 1."""
+    return v.float() / (levels - 1) * 2 - 1
+
+
+def nll_nats(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sub-pixel negative log-likelihood in nats; logits (N, C, L, H, W), target levels (N, C, H, W)."""
+    return F.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")
+
+
+def bits_per_dim(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Exact bits/dim of each image under independent categoricals given by ``logits``: (N,)."""
+    return nll_nats(logits, target).flatten(1).mean(1) / LN2
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0) -> torch.Tensor:
+    """Logits divided by the temperature, with all but the ``top_k`` largest set to -inf (0 keeps all)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = logits.float() / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return logits
+
+
+def sample_from(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw from categoricals over the last axis of ``logits`` with uniforms ``u`` (logits.shape[:-1])."""
+    cdf = torch.softmax(logits.float(), dim=-1).cumsum(-1)
+    idx = torch.searchsorted(cdf, (u.float() * cdf[..., -1]).unsqueeze(-1).contiguous()).squeeze(-1)
+    return idx.clamp_(max=logits.shape[-1] - 1)
+
+
+class PerSampleUniform:
+    """Uniform numbers from one CPU generator per sample (sample i is seeded with seed + i)."""
+
+    def __init__(self, seeds):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    def rand(self, *shape: int, device=None) -> torch.Tensor:
+        return torch.stack([torch.rand(shape, generator=g) for g in self.generators]).to(device)
+
+
+def check_sample_options(method: str, allowed: tuple, given: dict) -> None:
+    """A clear error for sampling options that do not apply to this method (e.g. --k for a diffusion model)."""
+    from . import SAMPLE_OPTIONS
+
+    bad = [k for k in given if k not in allowed]
+    if bad:
+        k = bad[0]
+        takers = [m for m, opts in SAMPLE_OPTIONS.items() if k in opts]
+        flag = "--" + k.replace("_", "-")
+        shown = [o for o in allowed if not o.startswith("known")]
+        raise ValueError(f"{flag} does not apply to {method} models (it applies to: {', '.join(takers) or 'none'}); "
+                         f"options for {method}: {', '.join('--' + o.replace('_', '-') for o in shown) or 'none'}")
+
+
+def unwrap(model):
+    return getattr(model, "module", model)
+
+
+def labels_or_none(model, y: Optional[torch.Tensor]):
+    return y if unwrap(model).num_classes else None
