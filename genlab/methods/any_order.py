@@ -108,12 +108,12 @@ class AnyOrderMethod:
         net = unwrap(model)
         g = torch.Generator().manual_seed(seed)
         y = labels_or_none(net, y)
-        total = torch.zeros(x.shape[0])
+        total = torch.zeros(x.shape[0], dtype=torch.float64)
         for _ in range(draws):
             t = torch.randint(net.dims, (x.shape[0],), generator=g).to(x.device)
             r = torch.rand(x.shape[0], net.dims, generator=g).to(x.device)
-            total += self._estimate(net, x, y, t, r).cpu()
-        return total / draws
+            total += self._estimate(net, x, y, t, r).double().cpu()
+        return (total / draws).float()
 
     @torch.no_grad()
     def order_log_likelihood(self, model, x: torch.Tensor, order: Sequence[int],
@@ -124,10 +124,10 @@ class AnyOrderMethod:
         order = self._check_order(order, net.dims)
         lv = raster(to_levels(x, net.levels))
         known = torch.zeros(n, net.dims, dtype=torch.bool, device=x.device)
-        total = torch.zeros(n, device=x.device)
+        total = torch.zeros(n, device=x.device, dtype=torch.float64)
         for t, p in enumerate(order.tolist()):
             logits = net(x, unraster(known, c, size), torch.full((n,), t, device=x.device), labels_or_none(net, y))
-            lp = torch.log_softmax(_raster_logits(logits).float(), dim=-1)
+            lp = torch.log_softmax(_raster_logits(logits).double(), dim=-1)
             total -= lp[:, p].gather(1, lv[:, p:p + 1]).squeeze(1)
             known[:, p] = True
         return (total / net.dims / LN2).cpu()
@@ -213,8 +213,12 @@ class AnyOrderMethod:
                 logits = _raster_logits(net(x, unraster(mask, c, size), t, yb))
                 chosen = logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1]))
                 v = sample_from(filter_logits(chosen, temperature, top_k), u.gather(1, idx))
-                lv = lv.scatter(1, idx, torch.where(valid, v, lv.gather(1, idx)))
-                mask = mask.scatter(1, idx, valid | mask.gather(1, idx))
+                # near the end, positions past D are clamped to D-1 and repeat it: add only the valid draws
+                # (scatter_add, since with repeated indices a plain scatter may keep an invalid write)
+                hit = torch.zeros_like(lv).scatter_add_(1, idx, valid.long()) > 0
+                drawn = torch.zeros_like(lv).scatter_add_(1, idx, v * valid)
+                lv = torch.where(hit, drawn, lv)
+                mask = mask | hit
                 t = mask.sum(1)
                 steps += 1
                 if callback is not None and b0 == 0:

@@ -31,7 +31,8 @@ def from_levels(v: torch.Tensor, levels: int) -> torch.Tensor:
 
 def nll_nats(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-sub-pixel negative log-likelihood in nats; logits (N, C, L, H, W), target levels (N, C, H, W)."""
-    return F.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    return F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
 
 
 def bits_per_dim(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -142,7 +142,8 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def embed(self, t: torch.Tensor, y: Optional[torch.Tensor], n: int) -> torch.Tensor:
-        emb = self.time_mlp(timestep_embedding(t.expand(n) if t.dim() == 0 else t, self.width))
+        emb = timestep_embedding(t.expand(n) if t.dim() == 0 else t, self.width)
+        emb = self.time_mlp(emb.to(self.time_mlp[0].weight.dtype))
         if self.class_emb is not None:
             if y is None:
                 y = torch.full((n,), self.num_classes, device=emb.device, dtype=torch.long)
