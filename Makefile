@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: demo test install dev bench bench-env clean docs
+.PHONY: demo test install dev bench bench-b2 bench-env clean docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,10 +57,16 @@ $(BENCH_VENV)/.installed: pyproject.toml
 
 bench-env: $(BENCH_VENV)/.installed
 
-# make bench: throughput (a few minutes) then B1 (about an hour; B1_ARGS=--quick for a few minutes)
+# make bench: throughput (a few minutes), B1 (about an hour; B1_ARGS=--quick for a few minutes), then
+# make bench-b2: the transformer cache speed-up (1 min) and B2 = genlab compare on digits (about 50 min)
 bench: $(BENCH_VENV)/.installed
 	OMP_NUM_THREADS=2 $(BENCH_BIN)/python benchmarks/throughput.py
 	OMP_NUM_THREADS=2 $(BENCH_BIN)/python benchmarks/b1_digits.py --seeds 3 --copy-docs $(B1_ARGS)
+
+bench-b2: $(BIN)/python $(VENV)/.installed
+	mkdir -p bench_out
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/ar_cache.py --json bench_out/ar_cache.json
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/b2_digits.py --copy-docs
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info

@@ -159,7 +159,7 @@ def _eval(args) -> None:
                                   device=args.device, pairs_png=args.pairs, **_discrete_opts(args))
         if args.bpd:
             from .api import load_data, load_run
-            from .eval.evaluate import bits_per_dim
+            from .eval.likelihood import bits_per_dim
 
             cfg, method, model, _ = load_run(args.ckpt, which=args.which, use_ema=not args.raw, device=args.device)
             res.update({"test_" + k: v for k, v in bits_per_dim(method, model, load_data(cfg, "test")).items()})
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
             train_featnet(args.data, root=args.root, seed=args.seed)
             print(f"saved under {default_cache_dir()}")
         elif args.command == "compare":
-            from .compare import run as compare
+            from .report.compare import run as compare
 
             out = compare(args.config, args.out, quick=args.quick, fresh=args.fresh, only=args.only,
                           progress=not args.no_progress)

@@ -8,7 +8,7 @@ from PIL import Image
 
 import genlab.api as api
 from genlab.cli import main
-from genlab.compare import summary
+from genlab.report.compare import summary
 
 TINY_AR = ["ar.width=8", "ar.layers=3", "ar.kernel_size=3", "ar.heads=2", "train.batch_size=32",
            "train.time_budget=null", "train.warmup_steps=2", "train.log_every=5", "sample.n=4"]
@@ -84,7 +84,7 @@ def test_eval_reports_test_bits_per_dim(runs, tmp_path, capsys):
 
 
 def test_compare_quick_end_to_end(tmp_path):
-    from genlab.compare import run
+    from genlab.report.compare import run
 
     out = run("compare_digits", tmp_path / "cmp", quick=True, progress=False)
     res = json.loads((out / "results.json").read_text())

@@ -215,3 +215,15 @@ def test_oneshot_training_learns_the_marginals():
         opt.step()
     mean = method.mean_image(model)[0]
     torch.testing.assert_close(mean, b["x"].mean(0), atol=0.03, rtol=0)   # the blurry average
+
+
+@pytest.mark.parametrize("backbone", ["pixelcnn", "transformer"])
+def test_raster_ar_keeps_known_pixels(backbone):
+    method, model = _ar(backbone, shape=(1, 4, 4), levels=5)
+    model = model.float()
+    known = from_levels(torch.randint(0, 5, (3, 1, 4, 4)), 5)
+    mask = torch.rand(3, 1, 4, 4) < 0.5
+    x, _ = method.sample(model, 3, seed=1, known=known, known_mask=mask)
+    assert torch.equal(x[mask], known[mask])
+    with pytest.raises(ValueError, match="both known"):
+        method.sample(model, 3, known=known)

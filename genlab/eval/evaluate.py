@@ -197,25 +197,6 @@ def evaluate_checkpoint(ckpt, *, n: int = 1000, sampler: Optional[str] = None, s
     return out
 
 
-def bits_per_dim(method, model, dataset, *, batch_size: int = 256, **kw) -> dict:
-    """Test bits/dim of a model on a dataset (``method.log_likelihood``: exact for raster AR and one-shot, an
-    unbiased estimate for any-order AR, the variational bound for diffusion), with its standard error over
-    images and the seconds it took."""
-    from ..data import to_model
-
-    dev = next(model.parameters()).device
-    t0 = time.perf_counter()
-    vals = []
-    for b0 in range(0, len(dataset), batch_size):
-        idx = torch.arange(b0, min(b0 + batch_size, len(dataset)))
-        b = dataset.batch(idx)
-        y = b.get("y")
-        vals.append(method.log_likelihood(model, b["x"].to(dev), None if y is None else y.to(dev), **kw).cpu())
-    v = torch.cat(vals).double()
-    return {"bpd": float(v.mean()), "bpd_sem": float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0,
-            "n": len(v), "seconds": time.perf_counter() - t0}
-
-
 def format_report(res: dict, title: str = "") -> str:
     """A small Markdown table of an evaluation (with mean +- spread when several seeds were drawn)."""
     def val(key, fmt="{:.3f}"):

@@ -24,7 +24,7 @@ BACKBONES = ("pixelcnn", "transformer")
 
 class AutoregressiveMethod:
     name = "autoregressive"
-    sample_options = ("temperature", "top_k", "use_cache")
+    sample_options = ("temperature", "top_k", "use_cache", "known", "known_mask")
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -68,7 +68,9 @@ class AutoregressiveMethod:
         """n images drawn sub-pixel by sub-pixel in raster order; returns (images, evaluations per sample = C*H*W).
 
         Options: temperature (> 0; < 1 sharpens), top_k (0 = all levels), use_cache (transformer only: False
-        re-runs the full network for every sub-pixel, as a PixelCNN must)."""
+        re-runs the full network for every sub-pixel, as a PixelCNN must), and ``known`` (N, C, H, W) model-space
+        images with ``known_mask`` (N, C, H, W) bool: those sub-pixels are kept instead of drawn. Raster AR can
+        only condition on known pixels that come before a position (any_order conditions on all of them)."""
         check_sample_options(self.name, self.sample_options, opts)
         s = self.cfg.sample
         temperature = opts.get("temperature", s.temperature)
@@ -80,6 +82,12 @@ class AutoregressiveMethod:
         net.eval()
         c, size = net.in_channels, net.image_size
         d = c * size * size
+        known_x, known_mask = opts.get("known"), opts.get("known_mask")
+        if (known_x is None) != (known_mask is None):
+            raise ValueError("inpainting needs both known (images) and known_mask")
+        if known_x is not None and (tuple(known_x.shape) != (n, c, size, size) or known_mask.shape != known_x.shape):
+            raise ValueError(f"known and known_mask must have shape ({n}, {c}, {size}, {size}); got "
+                             f"{tuple(known_x.shape)} and {tuple(known_mask.shape)}")
         out = []
         starts = range(0, n, batch_size)
         if progress:
@@ -101,6 +109,9 @@ class AutoregressiveMethod:
                 else:
                     logits = net(from_levels(levels, net.levels), yb)[:, ch, :, i, j]
                 v = sample_from(filter_logits(logits, temperature, top_k), u[:, p])
+                if known_x is not None:
+                    fixed = known_mask[b0:b0 + b, ch, i, j].to(dev)
+                    v = torch.where(fixed, to_levels(known_x[b0:b0 + b, ch, i, j].to(dev), net.levels), v)
                 levels[:, ch, i, j] = v
                 known[:, ch, i, j] = True
                 prev = v

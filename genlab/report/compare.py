@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 import yaml
 
-from .config import ConfigError, find_config
+from ..config import ConfigError, find_config
 
 FAMILIES = {"oneshot": "one-shot", "autoregressive": "autoregressive", "any_order": "any-order AR",
             "diffusion": "diffusion"}
@@ -106,9 +106,10 @@ def _sampler_key(opts: dict) -> str:
 def run(spec_name: str = "compare_digits", out="runs/compare", *, quick: bool = False, fresh: bool = False,
         only: Optional[list] = None, progress: bool = True) -> Path:
     """Train (or reuse), evaluate and report every method of the spec; returns the report directory."""
-    from . import api
-    from .eval.evaluate import bits_per_dim, evaluate_checkpoint, sampling_label
-    from .train import checkpoint as ck
+    from .. import api
+    from ..eval.evaluate import evaluate_checkpoint, sampling_label
+    from ..eval.likelihood import bits_per_dim
+    from ..train import checkpoint as ck
 
     spec = load_spec(spec_name)
     out = Path(out)
@@ -207,7 +208,7 @@ def run(spec_name: str = "compare_digits", out="runs/compare", *, quick: bool = 
 
 
 def _has_best(run_dir: Path) -> bool:
-    from .train import checkpoint as ck
+    from ..train import checkpoint as ck
     try:
         ck.resolve_checkpoint(run_dir, "best")
         return True
@@ -235,14 +236,14 @@ def _nfe_guess(cfg, opts: dict) -> int:
 def _pictures(name, method, model, cfg, samplers, img_dir: Path, grid_n: int, levels: int) -> dict:
     """A sample grid per sampling setting (the first and the last), the generation process, and for one-shot
     the mean image."""
-    from .api import process_picture, quantize
-    from .report.images import save_grid
+    from ..api import process_picture, quantize
+    from .images import save_grid
 
     pics = {}
     for opts in [samplers[0]] + ([samplers[-1]] if len(samplers) > 1 else []):
         x, _ = method.sample(model, grid_n, seed=0, **opts)
         p = img_dir / f"{name}_samples_{_slug(opts)}.png"
-        save_grid(quantize(x, levels), p, nrow=8 if grid_n >= 8 else None)
+        save_grid(quantize(x, levels), p)
         pics.setdefault("grids", []).append({"opts": opts, "path": p.name})
     proc = samplers[0]
     if cfg.method == "any_order" and len(samplers) > 1:
