@@ -258,7 +258,9 @@ def process_picture(method, model, n: int, path, *, y=None, seed: int = 0, **opt
         frames.append({key: v.detach().clone().cpu() if torch.is_tensor(v) else v for key, v in info.items()})
 
     x, nfe = method.sample(model, n, y=y, seed=seed, batch_size=n, callback=record, **opts)
-    if frames and "x_t" in frames[0]:
+    if not frames:
+        raise ValueError("nothing was generated (every pixel was already known), so there is no process to draw")
+    if "x_t" in frames[0]:
         process_strip([f["x_t"].clamp(-1, 1).cpu() for f in frames], [f["x0_hat"].cpu() for f in frames], path)
     else:
         start = {"x": torch.zeros_like(frames[0]["x"]), "known": torch.zeros_like(frames[0]["known"])}

@@ -103,6 +103,11 @@ def _add_eval(sub):
     p.add_argument("--bpd", action="store_true",
                    help="also the test split's bits/dim (--ckpt only): exact for autoregressive and one-shot "
                         "models, an unbiased estimate for any-order, the variational bound for diffusion")
+    p.add_argument("--t-samples", type=int, default=None,
+                   help="with --bpd on diffusion: an unbiased estimate from this many random timesteps per image "
+                        "instead of all T terms (T network evaluations per image)")
+    p.add_argument("--draws", type=int, default=16,
+                   help="with --bpd on any-order: one-evaluation estimates averaged per image [16]")
     _add_discrete_options(p)
 
 
@@ -151,6 +156,8 @@ def _eval(args) -> None:
 
     from .eval.evaluate import evaluate_checkpoint, evaluate_samples, format_report, load_samples
 
+    if args.bpd and args.samples:
+        raise ValueError("--bpd needs a model (--ckpt RUN): samples alone have no likelihood")
     if (args.ckpt is None) == (args.samples is None):
         raise ValueError("give either --ckpt RUN (to sample and evaluate) or --samples FILE_OR_DIR --data NAME")
     if args.ckpt:
@@ -162,7 +169,9 @@ def _eval(args) -> None:
             from .eval.likelihood import bits_per_dim
 
             cfg, method, model, _ = load_run(args.ckpt, which=args.which, use_ema=not args.raw, device=args.device)
-            res.update({"test_" + k: v for k, v in bits_per_dim(method, model, load_data(cfg, "test")).items()})
+            kw = {"any_order": {"draws": args.draws}, "diffusion": {"t_samples": args.t_samples}}.get(cfg.method, {})
+            b = bits_per_dim(method, model, load_data(cfg, "test"), batch_size=min(args.batch_size, 256), **kw)
+            res.update({"test_" + k: v for k, v in b.items()})
         title = (f"{res['checkpoint']} (step {res['step']}, {res['weights']} weights): {res['sampler']}, "
                  f"{res['nfe']} evaluations, {res['n']} samples x {res['seeds']} seed(s)")
     else:

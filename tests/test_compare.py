@@ -144,6 +144,8 @@ def test_summary_is_generated_from_the_numbers():
     assert "raster autoregression is better by 4.00x" in b
     assert "Best test likelihood: **DDPM v** at 1.700" in b
     assert "worse than raster AR" in b
+    assert "with 3.2x the network evaluations of the other" in b   # the winner (AR, 64) vs diffusion (20)
+    assert "with 1/3.2 the network evaluations of the other" in a
     assert a != b
     c = "\n".join(summary(_rows(ar_fid=20.0, dif_fid=5.0, ar_bpd=2.5, dif_bpd=1.7)))
     assert "The best likelihood is not the best sample quality" not in c   # DDPM v now best at both

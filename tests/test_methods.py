@@ -227,3 +227,48 @@ def test_raster_ar_keeps_known_pixels(backbone):
     assert torch.equal(x[mask], known[mask])
     with pytest.raises(ValueError, match="both known"):
         method.sample(model, 3, known=known)
+
+
+@pytest.mark.parametrize("backbone", ["pixelcnn", "transformer"])
+def test_ar_with_channels_sums_to_one_and_samples_match(backbone):
+    """Two channels per pixel (2x2x2, all 256 binary images): the within-pixel channel order is part of the
+    chain rule too."""
+    method, model = _ar(backbone, shape=(2, 2, 2), levels=2)
+    v = torch.tensor(list(itertools.product([0, 1], repeat=8)))          # raster index: pixel, then channel
+    x = from_levels(unraster(v, 2, 2), 2)
+    p = torch.exp(-method.log_likelihood(model, x.double()).double() * 8 * math.log(2))
+    assert abs(float(p.sum()) - 1.0) < 1e-9 and float(p.max()) > 1.5 / 256
+    model = model.float()
+    s, nfe = method.sample(model, 4000, seed=0, batch_size=4000)
+    assert nfe == 8
+    code = (raster(torch.round((s + 1) / 2).long()) * (2 ** torch.arange(7, -1, -1))).sum(1)
+    freq = torch.bincount(code, minlength=256).double() / len(s)
+    se = (p * (1 - p) / len(s)).sqrt()
+    assert bool(((freq - p).abs() <= 5 * se + 2e-3).all()), (freq - p).abs().max()
+
+
+def test_any_order_with_channels_sums_to_one():
+    method, model = _any_order(shape=(2, 2, 2), levels=2)      # 8 sub-pixels, 256 images
+    v = torch.tensor(list(itertools.product([0, 1], repeat=8)))
+    x = from_levels(unraster(v, 2, 2), 2).double()
+    for order in (list(range(8)), [5, 0, 7, 2, 1, 6, 3, 4]):
+        p = torch.exp(-method.order_log_likelihood(model, x, order).double() * 8 * math.log(2))
+        assert abs(float(p.sum()) - 1.0) < 1e-9
+
+
+@pytest.mark.parametrize("which", ["pixelcnn", "transformer", "any_order", "oneshot"])
+def test_a_sample_does_not_depend_on_its_batch(which):
+    if which == "any_order":
+        method, model = _any_order(shape=(1, 3, 3), levels=5)
+        opts = dict(k=2)
+    elif which == "oneshot":
+        method = get_method(load_config(None, ["method=oneshot", "train.max_steps=1"]))
+        model, opts = _randomize(method.build_model((1, 3, 3), 0, levels=5)), {}
+    else:
+        method, model = _ar(which, shape=(1, 3, 3), levels=5)
+        opts = {}
+    model = model.float()
+    x, _ = method.sample(model, 5, seed=10, batch_size=5, **opts)
+    y, _ = method.sample(model, 5, seed=10, batch_size=2, **opts)
+    one, _ = method.sample(model, 1, seed=13, **opts)
+    assert torch.equal(x, y) and torch.equal(x[3:4], one)

@@ -21,11 +21,17 @@ def bits_per_dim(method, model, dataset, *, batch_size: int = 256, **kw) -> dict
     dev = next(model.parameters()).device
     t0 = time.perf_counter()
     vals = []
+    was_training = model.training
+    model.eval()                                   # no dropout in a likelihood
+    seed = kw.pop("seed", 0)
     for b0 in range(0, len(dataset), batch_size):
         idx = torch.arange(b0, min(b0 + batch_size, len(dataset)))
         b = dataset.batch(idx)
         y = b.get("y")
-        vals.append(method.log_likelihood(model, b["x"].to(dev), None if y is None else y.to(dev), **kw).cpu())
+        # stochastic estimates (any-order, the diffusion bound) draw fresh randomness for every batch
+        vals.append(method.log_likelihood(model, b["x"].to(dev), None if y is None else y.to(dev),
+                                          seed=seed + b0, **kw).cpu())
+    model.train(was_training)
     v = torch.cat(vals).double()
     return {"bpd": float(v.mean()), "bpd_sem": float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0,
             "n": len(v), "seconds": time.perf_counter() - t0}

@@ -110,7 +110,7 @@ class AutoregressiveMethod:
                     logits = net(from_levels(levels, net.levels), yb)[:, ch, :, i, j]
                 v = sample_from(filter_logits(logits, temperature, top_k), u[:, p])
                 if known_x is not None:
-                    fixed = known_mask[b0:b0 + b, ch, i, j].to(dev)
+                    fixed = known_mask[b0:b0 + b, ch, i, j].to(dev).bool()
                     v = torch.where(fixed, to_levels(known_x[b0:b0 + b, ch, i, j].to(dev), net.levels), v)
                 levels[:, ch, i, j] = v
                 known[:, ch, i, j] = True

@@ -44,6 +44,8 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     """Logits divided by the temperature, with all but the ``top_k`` largest set to -inf (0 keeps all)."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 keeps every level), got {top_k}")
     logits = logits.float() / temperature
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
@@ -54,7 +56,9 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
 def sample_from(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF draw from categoricals over the last axis of ``logits`` with uniforms ``u`` (logits.shape[:-1])."""
     cdf = torch.softmax(logits.float(), dim=-1).cumsum(-1)
-    idx = torch.searchsorted(cdf, (u.float() * cdf[..., -1]).unsqueeze(-1).contiguous()).squeeze(-1)
+    # u = 0 exactly (torch.rand can return it) must not pick a level of probability 0 (e.g. cut by top-k)
+    target = (u.float().clamp_min(1e-12) * cdf[..., -1]).unsqueeze(-1).contiguous()
+    idx = torch.searchsorted(cdf, target).squeeze(-1)
     return idx.clamp_(max=logits.shape[-1] - 1)
 
 

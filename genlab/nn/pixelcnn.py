@@ -127,8 +127,8 @@ class GatedPixelCNN(nn.Module):
     def __init__(self, in_channels: int = 1, image_size: int = 8, levels: int = 17, width: int = 64,
                  layers: int = 8, kernel_size: int = 5, dropout: float = 0.0, num_classes: int = 0):
         super().__init__()
-        if kernel_size < 2:
-            raise ValueError(f"kernel_size must be >= 2, got {kernel_size}")
+        if kernel_size < 3 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and >= 3, got {kernel_size}")
         self.in_channels, self.image_size, self.levels, self.num_classes = in_channels, image_size, levels, num_classes
         c = in_channels
         self.in_v = VerticalConv(c, width, kernel_size)

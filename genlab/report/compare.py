@@ -125,6 +125,10 @@ def run(spec_name: str = "compare_digits", out="runs/compare", *, quick: bool = 
     if results.get("_mode") not in (None, "quick" if quick else "full"):
         raise ValueError(f"{out} holds a {'full' if quick else 'quick'} comparison; use another --out or --fresh")
     results["_mode"] = "quick" if quick else "full"
+    if results.get("_eval") not in (None, ev):      # other eval settings: keep the runs, redo the evaluations
+        for k in [k for k in results if not k.startswith("_")]:
+            results[k] = {"name": k, "rows": {}}
+    results["_eval"] = ev
     methods = [m for m in spec.methods if not only or m.name in only]
     if only and len(methods) != len(only):
         raise ValueError(f"--only: unknown method(s) {sorted(set(only) - {m.name for m in spec.methods})}; "
@@ -146,7 +150,7 @@ def run(spec_name: str = "compare_digits", out="runs/compare", *, quick: bool = 
         run_dir = out / "runs" / m.name
         done = run_dir / "done.json"
         if not (done.exists() and json.loads(done.read_text()).get("config") == cfg.to_dict()):
-            rec["rows"] = {}
+            rec = results[m.name] = {"name": m.name, "rows": {}}     # nothing of an older model survives
             resumable = (run_dir / "checkpoints").is_dir() and not done.exists()
             try:
                 resumable = resumable and bool(ck.resolve_checkpoint(run_dir))
@@ -181,7 +185,8 @@ def run(spec_name: str = "compare_digits", out="runs/compare", *, quick: bool = 
                         "bpd_kind": {"autoregressive": "exact", "oneshot": "exact", "any_order": "estimate",
                                      "diffusion": "bound"}[cfg.method]})
             save_results()
-        samplers = [s for s in m.samplers if not quick or _nfe_guess(cfg, s) <= spec.quick["max_nfe"]]
+        samplers = [s for s in m.samplers if not quick or _nfe_guess(cfg, s) <= spec.quick["max_nfe"]] or \
+            [min(m.samplers, key=lambda s: _nfe_guess(cfg, s))]
         for opts in samplers:
             key = _sampler_key(opts)
             if key in rec["rows"]:
@@ -306,29 +311,32 @@ def summary(rows: list[dict]) -> list[str]:
     if ar and dif:
         a = min(ar, key=lambda r: r["fid"])
         d_ = min(dif, key=lambda r: r["fid"])
-        better = "diffusion" if d_["fid"] < a["fid"] else "raster autoregression"
-        ratio = max(a["fid"], d_["fid"]) / max(min(a["fid"], d_["fid"]), 1e-9)
-        out.append(f"Diffusion vs raster autoregression: best diffusion FID {d_['fid']:.2f} ({d_['label']}, "
-                   f"{d_['nfe']} evaluations) vs best raster AR FID {a['fid']:.2f} ({a['label']}, {a['nfe']} "
-                   f"evaluations): {better} is better by {ratio:.2f}x in FID, with "
-                   f"{_times(d_['nfe'], a['nfe'])} the network evaluations of the other.")
+        head = (f"Diffusion vs raster autoregression: best diffusion FID {d_['fid']:.2f} ({d_['label']}, "
+                f"{d_['nfe']} evaluations) vs best raster AR FID {a['fid']:.2f} ({a['label']}, {a['nfe']} "
+                f"evaluations): ")
+        if d_["fid"] == a["fid"]:
+            out.append(head + "equal in FID.")
+        else:
+            win, lose, better = (d_, a, "diffusion") if d_["fid"] < a["fid"] else (a, d_, "raster autoregression")
+            out.append(head + f"{better} is better by {lose['fid'] / max(win['fid'], 1e-9):.2f}x in FID, with "
+                       f"{_times(win['nfe'], lose['nfe'])} the network evaluations of the other.")
         cheap = [r for r in dif if r["nfe"] < a["nfe"]]
         if cheap:
             c = min(cheap, key=lambda r: r["fid"])
             verdict = "better than" if c["fid"] < a["fid"] else "worse than"
             out.append(f"With fewer evaluations than raster AR needs ({a['nfe']}), diffusion's best is FID "
                        f"{c['fid']:.2f} at {c['nfe']}: {verdict} raster AR.")
-    ao = sorted((r for r in fam.get("any-order AR", []) if "k=" in r["sampler"]), key=lambda r: r["nfe"],
-                reverse=True)
+    ao = sorted((r for r in fam.get("any-order AR", []) if "k=" in r["sampler"]),
+                key=lambda r: (-r["nfe"], r["fid"]))        # most evaluations first; ties: the better FID
     if len(ao) >= 2:
-        lo, hi = ao[0], ao[-1]
+        lo, hi = ao[0], min((r for r in ao if r["nfe"] == ao[-1]["nfe"]), key=lambda r: r["fid"])
         trend = "rises" if hi["fid"] > lo["fid"] else "does not rise"
         out.append(f"Any-order AR: revealing more pixels per step cuts evaluations from {lo['nfe']} to {hi['nfe']} "
                    f"and FID {trend} from {lo['fid']:.2f} to {hi['fid']:.2f} (pixels drawn in the same step are "
                    f"sampled independently of each other).")
     one = fam.get("one-shot")
     if one:
-        o = one[0]
+        o = min(one, key=lambda r: r["fid"])
         worst = max(rows, key=lambda r: r["fid"])
         rank = "the worst" if worst["name"] == o["name"] else f"not the worst ({worst['label']} is)"
         out.append(f"One-shot (independent pixels): FID {o['fid']:.2f} with 1 evaluation, {rank}: each pixel's "
