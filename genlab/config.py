@@ -368,6 +368,9 @@ def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
         if not isinstance(d, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
+        if "methods" in d:
+            raise ConfigError(f"{path} is a comparison spec (it lists methods), not a training recipe; run it with "
+                              f"`genlab compare --config {name_or_path}`")
         try:
             apply_dict(cfg, d)
         except ConfigError as e:

@@ -149,3 +149,10 @@ def test_summary_is_generated_from_the_numbers():
     assert a != b
     c = "\n".join(summary(_rows(ar_fid=20.0, dif_fid=5.0, ar_bpd=2.5, dif_bpd=1.7)))
     assert "The best likelihood is not the best sample quality" not in c   # DDPM v now best at both
+
+
+def test_specs_and_recipes_are_not_confused(capsys, tmp_path):
+    assert main(["train", "--config", "compare_digits", "--runs-dir", str(tmp_path)]) == 2
+    assert "genlab compare --config compare_digits" in capsys.readouterr().err
+    assert main(["compare", "--config", "digits_ddpm", "--out", str(tmp_path / "c")]) == 2
+    assert "not a comparison spec" in capsys.readouterr().err
