@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import yaml
 
-from .config import Config, ConfigError, apply_overrides, find_config, from_dict, load_config, save_config
+from .config import Config, ConfigError, apply_overrides, from_dict, load_config
 from .data import from_model, to_model
 from .train import checkpoint as ck
 from .train.dist import pick_device

@@ -8,7 +8,7 @@ from genlab.data.base import to_model
 from genlab.diffusion.denoiser import Denoiser
 from genlab.diffusion.likelihood import (discretized_gaussian_log_likelihood, normal_kl, posterior_mean_var,
                                          prior_bpd, vlb_bpd, vlb_terms)
-from genlab.diffusion.process import eps_from_x0, q_sample
+from genlab.diffusion.process import eps_from_x0
 from genlab.diffusion.schedules import Schedule
 
 LEVELS = 17

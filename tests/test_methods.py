@@ -27,7 +27,7 @@ def _randomize(model, seed=0, scale=0.5):
 
 
 def _ar(backbone, shape=(1, 2, 2), levels=2, **over):
-    ov = [f"method=autoregressive", f"ar.backbone={backbone}", "ar.width=8", "ar.layers=3", "ar.kernel_size=3",
+    ov = ["method=autoregressive", f"ar.backbone={backbone}", "ar.width=8", "ar.layers=3", "ar.kernel_size=3",
           "ar.heads=2", "train.max_steps=1"] + [f"{k}={v}" for k, v in over.items()]
     m = get_method(load_config(None, ov))
     return m, _randomize(m.build_model(shape, 0, levels=levels))
@@ -81,7 +81,6 @@ def test_top_k_1_is_greedy_and_temperature_sharpens():
     model = model.float()
     a, _ = method.sample(model, 5, seed=0, top_k=1)
     assert all(torch.equal(a[0], a[i]) for i in range(5))   # greedy decoding ignores the noise
-    x = _all_binary()
     _, model2 = _ar("pixelcnn")
     model2 = model2.float()
     hot, _ = method.sample(model2, 2000, seed=0, temperature=2.0, batch_size=2000)

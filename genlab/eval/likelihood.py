@@ -16,8 +16,6 @@ def bits_per_dim(method, model, dataset, *, batch_size: int = 256, **kw) -> dict
     """Test bits/dim of a model on a dataset (``method.log_likelihood``: exact for raster AR and one-shot, an
     unbiased estimate for any-order AR, the variational bound for diffusion), with its standard error over
     images and the seconds it took."""
-    from ..data import to_model
-
     dev = next(model.parameters()).device
     t0 = time.perf_counter()
     vals = []

@@ -16,8 +16,7 @@ random or raster order. Inpainting comes for free: start with the known sub-pixe
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -25,8 +24,8 @@ from torch import nn
 from ..config import Config
 from ..nn import UNet
 from ..rng import StepRNG
-from .categorical import (LN2, PerSampleUniform, check_sample_options, filter_logits, from_levels, labels_or_none,
-                          nll_nats, sample_from, to_levels, unwrap)
+from .categorical import (LN2, PerSampleUniform, check_sample_options, drop_labels, filter_logits, from_levels,
+                          labels_or_none, nll_nats, sample_from, to_levels, unwrap)
 
 ORDERS = ("random", "raster")
 
@@ -81,8 +80,7 @@ class AnyOrderMethod:
     def _estimate(self, model, x, y, t, r) -> torch.Tensor:
         """ARDM's one-draw estimate of bits/dim per image, given revealed counts t (N,) and order keys r (N, D)."""
         net = unwrap(model)
-        n, c, size = x.shape[0], net.in_channels, net.image_size
-        d = net.dims
+        c, size, d = net.in_channels, net.image_size, net.dims
         rank = r.argsort(1).argsort(1)                      # position of each sub-pixel in the random order
         mask = unraster(rank < t[:, None], c, size)
         nll = nll_nats(model(x, mask, t, y), to_levels(x, net.levels))
@@ -95,9 +93,8 @@ class AnyOrderMethod:
         t = rng.randint(net.dims)
         r = rng.rand(net.dims)
         drop = rng.rand()
-        y = batch.get("y") if net.num_classes else None
-        if y is not None and self.cfg.diffusion.cond_drop > 0:
-            y = torch.where(drop < self.cfg.diffusion.cond_drop, torch.full_like(y, net.num_classes), y)
+        y = drop_labels(batch.get("y") if net.num_classes else None, drop, self.cfg.diffusion.cond_drop,
+                        net.num_classes)
         return self._estimate(model, x, y, t, r).mean()
 
     @torch.no_grad()
@@ -235,6 +232,3 @@ def _raster_logits(logits: torch.Tensor) -> torch.Tensor:
     n, c, l, h, w = logits.shape
     return logits.permute(0, 3, 4, 1, 2).reshape(n, h * w * c, l)
 
-
-def steps_for(d: int, k: int) -> int:
-    return math.ceil(d / k)

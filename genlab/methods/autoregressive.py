@@ -15,14 +15,13 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..rng import StepRNG
-from .categorical import (PerSampleUniform, bits_per_dim, check_sample_options, filter_logits, from_levels,
+from .categorical import (PerSampleUniform, TeacherForced, check_sample_options, filter_logits, from_levels,
                           labels_or_none, sample_from, to_levels, unwrap)
 
 BACKBONES = ("pixelcnn", "transformer")
 
 
-class AutoregressiveMethod:
+class AutoregressiveMethod(TeacherForced):
     name = "autoregressive"
     sample_options = ("temperature", "top_k", "use_cache", "known", "known_mask")
 
@@ -44,22 +43,6 @@ class AutoregressiveMethod:
 
         return PixelTransformer(in_channels=c, image_size=h, levels=levels, width=a.width, layers=a.layers,
                                 heads=a.heads, dropout=a.dropout, num_classes=k)
-
-    def loss(self, model, batch: dict, rng: StepRNG) -> torch.Tensor:
-        """Mean exact bits/dim of the batch (teacher forcing: all conditionals in one pass)."""
-        x = batch["x"]
-        net = unwrap(model)
-        y = batch.get("y") if net.num_classes else None
-        drop = rng.rand()
-        if y is not None and self.cfg.diffusion.cond_drop > 0:
-            y = torch.where(drop < self.cfg.diffusion.cond_drop, torch.full_like(y, net.num_classes), y)
-        return bits_per_dim(model(x, y), to_levels(x, net.levels)).mean()
-
-    @torch.no_grad()
-    def log_likelihood(self, model, x: torch.Tensor, y: Optional[torch.Tensor] = None, **_) -> torch.Tensor:
-        """Exact bits/dim of each image (N,)."""
-        net = unwrap(model)
-        return bits_per_dim(net(x, labels_or_none(net, y)), to_levels(x, net.levels))
 
     @torch.no_grad()
     def sample(self, model, n: int, *, y: Optional[torch.Tensor] = None, seed: int = 0, batch_size: int = 256,

@@ -86,6 +86,35 @@ def check_sample_options(method: str, allowed: tuple, given: dict) -> None:
                          f"options for {method}: {', '.join('--' + o.replace('_', '-') for o in shown) or 'none'}")
 
 
+def drop_labels(y: Optional[torch.Tensor], drop: torch.Tensor, p: float, null: int) -> Optional[torch.Tensor]:
+    """Condition dropout for classifier-free guidance (Ho & Salimans 2022): each label becomes the null class
+    when its uniform draw ``drop`` is below ``p``."""
+    if y is None or p <= 0:
+        return y
+    return torch.where(drop < p, torch.full_like(y, null), y)
+
+
+class TeacherForced:
+    """loss and log_likelihood of a method whose network returns every conditional at once, logits
+    (N, C, L, H, W) from ``model(x, y)``: exact bits/dim in one pass (one-shot, raster AR)."""
+
+    def loss(self, model, batch: dict, rng) -> torch.Tensor:
+        """Mean exact bits/dim of the batch; with classes, a fraction ``diffusion.cond_drop`` of the labels is
+        replaced by the null class."""
+        x = batch["x"]
+        net = unwrap(model)
+        drop = rng.rand()
+        y = drop_labels(batch.get("y") if net.num_classes else None, drop, self.cfg.diffusion.cond_drop,
+                        net.num_classes)
+        return bits_per_dim(model(x, y), to_levels(x, net.levels)).mean()
+
+    @torch.no_grad()
+    def log_likelihood(self, model, x: torch.Tensor, y: Optional[torch.Tensor] = None, **_) -> torch.Tensor:
+        """Exact bits/dim of each image (N,)."""
+        net = unwrap(model)
+        return bits_per_dim(net(x, labels_or_none(net, y)), to_levels(x, net.levels))
+
+
 def unwrap(model):
     return getattr(model, "module", model)
 

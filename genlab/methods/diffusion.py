@@ -17,7 +17,7 @@ from ..diffusion.samplers import sampler_options
 from ..diffusion.process import q_sample, target
 from ..nn import UNet
 from ..rng import StepRNG
-from .categorical import check_sample_options
+from .categorical import check_sample_options, drop_labels
 
 
 def snr_weight(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
@@ -67,10 +67,8 @@ class DiffusionMethod:
         drop = rng.rand()
         ab = self.alphas_cumprod.to(x0.device)[t]
         x_t = q_sample(x0, ab, eps)
-        y = batch.get("y") if self.cfg.model.class_cond else None
-        if y is not None and self.cfg.diffusion.cond_drop > 0:
-            null = _unwrap(model).num_classes
-            y = torch.where(drop < self.cfg.diffusion.cond_drop, torch.full_like(y, null), y)
+        y = drop_labels(batch.get("y") if self.cfg.model.class_cond else None, drop, self.cfg.diffusion.cond_drop,
+                        _unwrap(model).num_classes)
         out = model(x_t, t, y) if y is not None else model(x_t, t)
         err = F.mse_loss(out.float(), target(self.prediction, x0, eps, ab), reduction="none").reshape(n, -1).mean(1)
         if self.cfg.diffusion.loss_weight == "min_snr":

@@ -14,9 +14,8 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..rng import StepRNG
-from .categorical import (PerSampleUniform, bits_per_dim, check_sample_options, filter_logits, from_levels,
-                          labels_or_none, sample_from, to_levels, unwrap)
+from .categorical import (PerSampleUniform, TeacherForced, check_sample_options, filter_logits, from_levels,
+                          labels_or_none, sample_from, unwrap)
 
 
 class OneShotTable(nn.Module):
@@ -37,7 +36,7 @@ class OneShotTable(nn.Module):
         return self.logits[y]
 
 
-class OneShotMethod:
+class OneShotMethod(TeacherForced):
     name = "oneshot"
     sample_options = ("temperature", "top_k")
 
@@ -49,23 +48,6 @@ class OneShotMethod:
         if h != w:
             raise ValueError(f"square images expected, got {h}x{w}")
         return OneShotTable(c, h, levels, num_classes if self.cfg.model.class_cond else 0)
-
-    def loss(self, model, batch: dict, rng: StepRNG) -> torch.Tensor:
-        """Mean bits/dim (exact negative log-likelihood) of the batch. With classes, a fraction
-        ``diffusion.cond_drop`` of labels is replaced by the null class, which then learns the unconditional table."""
-        x = batch["x"]
-        net = unwrap(model)
-        y = batch.get("y") if net.num_classes else None
-        drop = rng.rand()
-        if y is not None and self.cfg.diffusion.cond_drop > 0:
-            y = torch.where(drop < self.cfg.diffusion.cond_drop, torch.full_like(y, net.num_classes), y)
-        return bits_per_dim(model(x, y), to_levels(x, net.levels)).mean()
-
-    @torch.no_grad()
-    def log_likelihood(self, model, x: torch.Tensor, y: Optional[torch.Tensor] = None, **_) -> torch.Tensor:
-        """Exact bits/dim of each image (N,)."""
-        net = unwrap(model)
-        return bits_per_dim(net(x, labels_or_none(net, y)), to_levels(x, net.levels))
 
     @torch.no_grad()
     def mean_image(self, model, n: int = 1, y: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import torch
 import yaml
 
 from ..config import ConfigError, find_config
