@@ -189,7 +189,8 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
            eta: Optional[float] = None, seed: int = 0, batch_size: int = 256, out=None, process: bool = False,
            labels: Optional[Sequence[int]] = None, which: str = "latest", use_ema: bool = True,
            device: str = "auto", progress: bool = True, temperature: Optional[float] = None,
-           top_k: Optional[int] = None, k: Optional[int] = None, order: Optional[str] = None):
+           top_k: Optional[int] = None, k: Optional[int] = None, order: Optional[str] = None,
+           guidance: Optional[float] = None):
     """Draw n samples from a checkpoint. Sample i uses seed + i alone (reproducible by itself).
 
     out: ``*.png`` a grid; ``*.npy`` a uint8 array of dataset levels (N, C, H, W); a directory (ending in / or
@@ -197,7 +198,9 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
     of the generation process for the first few samples instead (diffusion: x_t and x0_hat over the steps;
     autoregressive methods: the canvas filling in).
     Method options (an option another method takes is a clear error): diffusion sampler, steps, eta;
-    autoregressive / oneshot / any_order temperature, top_k; any_order k (sub-pixels per step) and order.
+    autoregressive / oneshot / any_order temperature, top_k; any_order k (sub-pixels per step) and order;
+    ``guidance`` (classifier-free guidance scale, diffusion and raster AR; 1 = none) for class-conditional models.
+    ``labels``: one label per sample, or a single label for all of them.
     Returns (images in [-1, 1] quantized to the dataset's levels, network evaluations per sample, output path).
     """
     from .methods.categorical import check_sample_options
@@ -205,14 +208,16 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
 
     cfg, method, model, state = load_run(ckpt, which=which, use_ema=use_ema, device=device)
     opts = {key: v for key, v in dict(sampler=sampler, steps=steps, eta=eta, temperature=temperature, top_k=top_k,
-                                     k=k, order=order).items() if v is not None}
+                                     k=k, order=order, guidance=guidance).items() if v is not None}
     check_sample_options(cfg.method, method.sample_options, opts)
     info = state["data"]
     levels = info["levels"]
     y = None
     if cfg.model.class_cond:
         nk = info["num_classes"]
-        y = torch.as_tensor(labels).long() if labels is not None else default_labels(n, nk, seed)
+        y = torch.as_tensor(labels).long().flatten() if labels is not None else default_labels(n, nk, seed)
+        if labels is not None and len(y) == 1:
+            y = y.expand(n).clone()
         if len(y) != n:
             raise ValueError(f"got {len(y)} labels for {n} samples")
         if ((y < 0) | (y >= nk)).any():

@@ -46,7 +46,12 @@ def _add_sample(sub):
                    help="write a picture of the generation process (diffusion: x_t and x0_hat over the steps; "
                         "autoregressive: the image filling in)")
     _add_discrete_options(p)
-    p.add_argument("--labels", type=int, nargs="+", default=None, help="class labels (class-conditional models)")
+    p.add_argument("--labels", "--class", type=int, nargs="+", default=None, dest="labels",
+                   help="class label(s) of a class-conditional model: one for all samples or one per sample "
+                        "[(seed + i) mod K]")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (1: none, 0: unconditional, > 1: stronger) for "
+                        "class-conditional models trained with diffusion.cond_drop > 0")
     p.add_argument("--which", choices=["latest", "best"], default="latest", help="checkpoint of a run [latest]")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--device", default="auto")
@@ -216,7 +221,8 @@ def main(argv=None) -> int:
             _, nfe, path = api.sample(args.ckpt, n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
                                       seed=args.seed, batch_size=args.batch_size, out=out,
                                       process=args.process, labels=args.labels, which=args.which,
-                                      use_ema=not args.raw, device=args.device, **_discrete_opts(args))
+                                      use_ema=not args.raw, device=args.device, guidance=args.guidance,
+                                      **_discrete_opts(args))
             print(f"wrote {path} ({nfe} network evaluations per sample)")
         elif args.command == "demo":
             api.demo(name=args.name, time_budget=args.time_budget, runs_root=args.runs_dir, force=args.force)

@@ -54,7 +54,7 @@ class CountingDenoiser:
         self.nfe = 0
 
     def __call__(self, x_t, t):
-        self.nfe += 1
+        self.nfe += getattr(self.denoiser, "evals_per_call", 1)   # guidance may run the network twice
         return self.denoiser(x_t, t)
 
     def __getattr__(self, name):  # expose the wrapped denoiser's schedule etc.

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..config import Config
+from ..diffusion.guidance import guided_logits
 from .categorical import (PerSampleUniform, TeacherForced, check_sample_options, filter_logits, from_levels,
                           labels_or_none, sample_from, to_levels, unwrap)
 
@@ -23,7 +24,7 @@ BACKBONES = ("pixelcnn", "transformer")
 
 class AutoregressiveMethod(TeacherForced):
     name = "autoregressive"
-    sample_options = ("temperature", "top_k", "use_cache", "known", "known_mask")
+    sample_options = ("temperature", "top_k", "use_cache", "known", "known_mask", "guidance")
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -71,6 +72,11 @@ class AutoregressiveMethod(TeacherForced):
         if known_x is not None and (tuple(known_x.shape) != (n, c, size, size) or known_mask.shape != known_x.shape):
             raise ValueError(f"known and known_mask must have shape ({n}, {c}, {size}, {size}); got "
                              f"{tuple(known_x.shape)} and {tuple(known_mask.shape)}")
+        guidance = opts.get("guidance")
+        guided = guidance is not None and float(guidance) != 1.0
+        if guided and (not net.num_classes or y is None):
+            raise ValueError("classifier-free guidance needs a class-conditional model (model.class_cond=true, "
+                             "trained with diffusion.cond_drop > 0) and labels")
         out = []
         starts = range(0, n, batch_size)
         if progress:
@@ -83,14 +89,21 @@ class AutoregressiveMethod(TeacherForced):
             levels = torch.zeros(b, c, size, size, dtype=torch.long, device=dev)
             known = torch.zeros(b, c, size, size, dtype=torch.bool, device=dev)
             cache = net.new_cache(b, dev) if use_cache and hasattr(net, "step") else None
+            null = torch.full((b,), net.num_classes, dtype=torch.long, device=dev) if guided else None
+            cache_u = net.new_cache(b, dev) if guided and cache is not None else None
             prev = None
             for p in range(d):
                 ch, pix = p % c, p // c
                 i, j = divmod(pix, size)
                 if cache is not None:
                     logits = net.step(cache, prev, yb)
+                    if guided:
+                        logits = guided_logits(logits, net.step(cache_u, prev, null), guidance)
                 else:
-                    logits = net(from_levels(levels, net.levels), yb)[:, ch, :, i, j]
+                    canvas = from_levels(levels, net.levels)
+                    logits = net(canvas, yb)[:, ch, :, i, j]
+                    if guided:
+                        logits = guided_logits(logits, net(canvas, null)[:, ch, :, i, j], guidance)
                 v = sample_from(filter_logits(logits, temperature, top_k), u[:, p])
                 if known_x is not None:
                     fixed = known_mask[b0:b0 + b, ch, i, j].to(dev).bool()
@@ -102,4 +115,4 @@ class AutoregressiveMethod(TeacherForced):
                     callback({"step": p, "x": from_levels(levels, net.levels), "known": known.clone()})
             out.append(from_levels(levels, net.levels).cpu())
         net.train(was_training)
-        return torch.cat(out), d
+        return torch.cat(out), 2 * d if guided else d

@@ -35,7 +35,8 @@ def snr_weight(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor
 
 class DiffusionMethod:
     name = "diffusion"
-    sample_options = ("sampler", "steps", "eta", "spacing", "variance")
+    sample_options = ("sampler", "steps", "eta", "spacing", "variance", "guidance", "classifier",
+                      "classifier_scale")
 
     def __init__(self, cfg: Config):
         d = cfg.diffusion
@@ -98,8 +99,30 @@ class DiffusionMethod:
         return out["bpd"]
 
     # ------------------------------------------------------------------ sampling
-    def denoiser(self, model, y: Optional[torch.Tensor] = None) -> Denoiser:
-        return Denoiser(model, self.schedule, self.prediction, y=y, clip=self.cfg.diffusion.clip_sample)
+    def denoiser(self, model, y: Optional[torch.Tensor] = None, guidance: Optional[float] = None,
+                 classifier=None, classifier_scale: float = 0.0):
+        """The model as a denoiser callable; with labels, ``guidance`` s wraps it in classifier-free guidance
+        (1: the plain conditional model) and ``classifier`` (a noise-aware ``classifier(x_t, t) -> logits``) with
+        ``classifier_scale`` in classifier guidance (0: none)."""
+        from ..diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance
+
+        clip = self.cfg.diffusion.clip_sample
+        if (guidance is not None or classifier is not None) and y is None:
+            raise ValueError("guidance needs class labels: give labels (--class / --labels) for a "
+                             "class-conditional model")
+        net = _unwrap(model)
+        if guidance is not None and guidance != 1.0:
+            if not net.num_classes:
+                raise ValueError("classifier-free guidance needs a class-conditional model (model.class_cond=true, "
+                                 "trained with diffusion.cond_drop > 0)")
+            den = ClassifierFreeGuidance(model, self.schedule, self.prediction, y, net.num_classes, guidance,
+                                         clip=clip and classifier is None)
+        else:
+            den = Denoiser(model, self.schedule, self.prediction, y=y if net.num_classes else None,
+                           clip=clip and classifier is None)
+        if classifier is not None:
+            den = ClassifierGuidance(den, classifier, self.schedule, y, classifier_scale, clip=clip)
+        return den
 
     @torch.no_grad()
     def sample(self, model, n: int, *, y: Optional[torch.Tensor] = None, sampler: Optional[str] = None,
@@ -112,7 +135,8 @@ class DiffusionMethod:
         Returns (images N x C x H x W on the CPU, network evaluations per sample). The callback (if given)
         receives the step info of the first batch only.
         """
-        check_sample_options(self.name, (), opts)
+        check_sample_options(self.name, ("guidance", "classifier", "classifier_scale"), opts)
+        guide = {k: opts[k] for k in ("guidance", "classifier", "classifier_scale") if k in opts}
         s = self.cfg.sample
         sampler = sampler or s.sampler
         fn = get_sampler(sampler)
@@ -137,7 +161,7 @@ class DiffusionMethod:
             noise = PerSampleNoise(range(seed + b0, seed + b0 + b))
             x_T = noise.randn((b, *shape), device)
             yb = None if y is None else y[b0:b0 + b].to(device)
-            den = CountingDenoiser(self.denoiser(model, yb))
+            den = CountingDenoiser(self.denoiser(model, yb, **guide))
             x = fn(den, x_T, schedule, steps, generator=noise, callback=callback if b0 == 0 else None, **opts)
             out.append(x.clamp(-1, 1).cpu())
             nfe = den.nfe
