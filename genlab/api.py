@@ -103,7 +103,7 @@ def train(config: Union[str, Config, None] = None, overrides: Sequence[str] = ()
         stem = Path(config).stem if isinstance(config, str) else cfg.method
         name = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     train_ds, val_ds = load_data(cfg, "train"), load_data(cfg, "val")
-    if cfg.model.class_cond and train_ds.num_classes == 0:
+    if (cfg.model.class_cond or cfg.method == "classifier") and train_ds.num_classes == 0:
         raise ValueError(f"model.class_cond=true needs labels, but data {cfg.data.name!r} has none here "
                          "(for a folder, set data.labels=true and put each class in its own sub-folder)")
     method = get_method(cfg)
@@ -112,7 +112,7 @@ def train(config: Union[str, Config, None] = None, overrides: Sequence[str] = ()
     run_dir = prepare_run_dir(name, runs_root=runs_root, resume=resume, force=force)
     if _rank() == 0:
         print(f"run directory: {run_dir}", file=sys.stderr)
-    callbacks = [Callback(_grid_callback, every=cfg.train.sample_every)]
+    callbacks = [] if cfg.method == "classifier" else [Callback(_grid_callback, every=cfg.train.sample_every)]
     if cfg.train.eval_every:
         from .eval.features import SPECS
 
@@ -190,7 +190,7 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
            labels: Optional[Sequence[int]] = None, which: str = "latest", use_ema: bool = True,
            device: str = "auto", progress: bool = True, temperature: Optional[float] = None,
            top_k: Optional[int] = None, k: Optional[int] = None, order: Optional[str] = None,
-           guidance: Optional[float] = None):
+           guidance: Optional[float] = None, classifier=None, classifier_scale: Optional[float] = None):
     """Draw n samples from a checkpoint. Sample i uses seed + i alone (reproducible by itself).
 
     out: ``*.png`` a grid; ``*.npy`` a uint8 array of dataset levels (N, C, H, W); a directory (ending in / or
@@ -200,6 +200,8 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
     Method options (an option another method takes is a clear error): diffusion sampler, steps, eta;
     autoregressive / oneshot / any_order temperature, top_k; any_order k (sub-pixels per step) and order;
     ``guidance`` (classifier-free guidance scale, diffusion and raster AR; 1 = none) for class-conditional models.
+    ``classifier``: a noise-aware classifier run (``method: classifier``, same diffusion schedule) for classifier
+    guidance with ``classifier_scale`` (default 1; 0 = none); it also works for an unconditional generator.
     ``labels``: one label per sample, or a single label for all of them.
     Returns (images in [-1, 1] quantized to the dataset's levels, network evaluations per sample, output path).
     """
@@ -209,12 +211,17 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
     cfg, method, model, state = load_run(ckpt, which=which, use_ema=use_ema, device=device)
     opts = {key: v for key, v in dict(sampler=sampler, steps=steps, eta=eta, temperature=temperature, top_k=top_k,
                                      k=k, order=order, guidance=guidance).items() if v is not None}
+    if classifier is not None:
+        opts["classifier"], opts["classifier_scale"] = load_classifier(classifier, cfg, device), \
+            1.0 if classifier_scale is None else classifier_scale
+    elif classifier_scale is not None:
+        raise ValueError("--classifier-scale needs --classifier CKPT (a noise-aware classifier run)")
     check_sample_options(cfg.method, method.sample_options, opts)
     info = state["data"]
     levels = info["levels"]
     y = None
-    if cfg.model.class_cond:
-        nk = info["num_classes"]
+    if cfg.model.class_cond or classifier is not None:
+        nk = info["num_classes"] or opts["classifier"].num_classes
         y = torch.as_tensor(labels).long().flatten() if labels is not None else default_labels(n, nk, seed)
         if labels is not None and len(y) == 1:
             y = y.expand(n).clone()
@@ -223,7 +230,8 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
         if ((y < 0) | (y >= nk)).any():
             raise ValueError(f"labels must be in 0..{nk - 1} (classes: {', '.join(info['class_names'])})")
     elif labels is not None:
-        raise ValueError("this model is unconditional (model.class_cond is false); labels cannot be used")
+        raise ValueError("this model is unconditional (model.class_cond is false); labels need --classifier "
+                         "(classifier guidance) or a class-conditional model")
     if process:
         path = Path(out or "process.png")
         if path.suffix.lower() != ".png":
@@ -249,6 +257,23 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
     else:
         raise ValueError(f"--out {out}: use a .png (grid), a .npy (array of levels) or a directory ending in /")
     return x, nfe, path
+
+
+def load_classifier(ckpt, generator_cfg: Config, device: str = "auto"):
+    """A noise-aware classifier run for guiding a generator with config ``generator_cfg``: it must be a
+    ``method: classifier`` checkpoint trained on the same diffusion schedule."""
+    ccfg, _, cmodel, _ = load_run(ckpt, device=device)
+    if ccfg.method != "classifier":
+        raise ValueError(f"--classifier {ckpt} is a {ccfg.method} checkpoint, not a noise-aware classifier "
+                         "(train one with method=classifier)")
+    if generator_cfg.method != "diffusion":
+        raise ValueError(f"classifier guidance applies to diffusion models, not {generator_cfg.method}")
+    keys = ("schedule", "timesteps") + (("beta_start", "beta_end") if generator_cfg.diffusion.schedule == "linear" else ())
+    diff = [k for k in keys if getattr(ccfg.diffusion, k) != getattr(generator_cfg.diffusion, k)]
+    if diff:
+        raise ValueError("the classifier was trained on another noise schedule than the generator: " + ", ".join(
+            f"diffusion.{k} {getattr(ccfg.diffusion, k)!r} vs {getattr(generator_cfg.diffusion, k)!r}" for k in diff))
+    return cmodel
 
 
 def process_picture(method, model, n: int, path, *, y=None, seed: int = 0, **opts):

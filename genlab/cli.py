@@ -52,6 +52,9 @@ def _add_sample(sub):
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (1: none, 0: unconditional, > 1: stronger) for "
                         "class-conditional models trained with diffusion.cond_drop > 0")
+    p.add_argument("--classifier", default=None,
+                   help="classifier guidance: a noise-aware classifier run (method=classifier, same schedule)")
+    p.add_argument("--classifier-scale", type=float, default=None, help="classifier guidance scale [1]")
     p.add_argument("--which", choices=["latest", "best"], default="latest", help="checkpoint of a run [latest]")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--device", default="auto")
@@ -222,6 +225,7 @@ def main(argv=None) -> int:
                                       seed=args.seed, batch_size=args.batch_size, out=out,
                                       process=args.process, labels=args.labels, which=args.which,
                                       use_ema=not args.raw, device=args.device, guidance=args.guidance,
+                                      classifier=args.classifier, classifier_scale=args.classifier_scale,
                                       **_discrete_opts(args))
             print(f"wrote {path} ({nfe} network evaluations per sample)")
         elif args.command == "demo":

@@ -102,3 +102,33 @@ def test_class_and_guidance_from_the_command_line(tmp_path, capsys):
     assert main(["sample", "--ckpt", str(tmp_path / "unc"), "--n", "2", "--guidance", "3",
                  "--out", str(tmp_path / "y.png")]) == 2
     assert "guidance needs" in capsys.readouterr().err
+
+
+def test_noise_aware_classifier_guides_from_the_command_line(tmp_path, capsys):
+    from conftest import TINY
+
+    runs = str(tmp_path)
+    assert main(["train", *TINY, "method=classifier", "train.max_steps=20", "--name", "clf", "--runs-dir", runs,
+                 "--no-progress"]) == 0
+    assert main(["train", *TINY, "train.max_steps=4", "--name", "gen", "--runs-dir", runs, "--no-progress"]) == 0
+    capsys.readouterr()
+    gen, clf = str(tmp_path / "gen"), str(tmp_path / "clf")
+    assert main(["sample", "--ckpt", gen, "--classifier", clf, "--classifier-scale", "2", "--class", "3",
+                 "--n", "4", "--steps", "3", "--out", str(tmp_path / "g.png")]) == 0
+    assert "(3 network evaluations per sample)" in capsys.readouterr().out
+    a, _, _ = __import__("genlab").sample(gen, n=3, steps=3, labels=[3], classifier=clf, classifier_scale=0.0,
+                                          progress=False)
+    b, _, _ = __import__("genlab").sample(gen, n=3, steps=3, progress=False)
+    assert torch.equal(a, b)                                      # scale 0: exactly the unguided samples
+    for args, msg in [(["--classifier", gen], "not a noise-aware classifier"),
+                      (["--classifier-scale", "2"], "needs --classifier"),
+                      (["--ckpt", clf], "draws no samples")]:
+        ckpt = [] if "--ckpt" in args else ["--ckpt", gen]
+        assert main(["sample", *ckpt, *args, "--n", "2", "--out", str(tmp_path / "x.png")]) == 2, args
+        assert msg in capsys.readouterr().err, args
+    assert main(["train", *TINY, "method=classifier", "diffusion.timesteps=50", "train.max_steps=2", "--name",
+                 "clf50", "--runs-dir", runs, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--ckpt", gen, "--classifier", str(tmp_path / "clf50"), "--n", "2",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert "another noise schedule" in capsys.readouterr().err

@@ -7,11 +7,12 @@
 """
 from .any_order import AnyOrderMethod
 from .autoregressive import AutoregressiveMethod
+from .classifier import ClassifierMethod
 from .diffusion import DiffusionMethod
 from .oneshot import OneShotMethod
 
 METHODS = {"diffusion": DiffusionMethod, "autoregressive": AutoregressiveMethod, "any_order": AnyOrderMethod,
-           "oneshot": OneShotMethod}
+           "oneshot": OneShotMethod, "classifier": ClassifierMethod}
 
 # sampling options each method accepts (besides n, labels, seed, batch size), for clear errors
 SAMPLE_OPTIONS = {name: m.sample_options for name, m in METHODS.items()}
