@@ -259,6 +259,62 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
     return x, nfe, path
 
 
+def read_image_levels(path, shape: tuple, levels: int, what: str = "image") -> torch.Tensor:
+    """A PNG/JPEG as dataset levels (1, C, H, W) (uint8), or a ValueError naming what does not fit."""
+    from PIL import Image
+
+    c, h, w = shape
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im.convert("L" if c == 1 else "RGB"))
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise ValueError(f"cannot read {what} {path}: {e}") from None
+    if arr.shape[:2] != (h, w):
+        raise ValueError(f"{what} {path} is {arr.shape[1]}x{arr.shape[0]} pixels but the model makes {w}x{h} images")
+    arr = arr[None] if c == 1 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.round(arr.astype(np.float64) / 255 * (levels - 1)).astype(np.uint8))[None]
+
+
+def inpaint(ckpt, image, mask, *, n: int = 4, out=None, seed: int = 0, which: str = "latest",
+            use_ema: bool = True, device: str = "auto", labels: Optional[Sequence[int]] = None, **opts):
+    """Fill the white pixels of ``mask`` (a PNG of the image's size; white = generate, black = keep) in
+    ``image`` with n completions. Diffusion: replacement in x0_hat at every step (any sampler); any-order AR:
+    the known pixels are revealed from the start; raster AR: known pixels are kept, but each drawn pixel sees
+    only the known pixels before it. ``out``: a PNG with the masked input (hole in blue) then the completions.
+    Returns (completions in [-1, 1], evaluations per sample, path)."""
+    from .report.images import mark_unknown, save_grid
+
+    cfg, method, model, state = load_run(ckpt, which=which, use_ema=use_ema, device=device)
+    if "known" not in method.sample_options:
+        raise ValueError(f"{cfg.method} models cannot inpaint (diffusion, any_order and autoregressive can)")
+    info = state["data"]
+    shape, levels = tuple(info["shape"]), info["levels"]
+    x = to_model(read_image_levels(image, shape, levels), levels)
+    m = read_image_levels(mask, (1, *shape[1:]), 2, "mask")                    # 1 = generate
+    known_mask = (m == 0).expand(n, shape[0], *shape[1:]).clone()
+    if bool(known_mask.all()):
+        raise ValueError(f"mask {mask} has no white pixel: nothing to generate")
+    opts = {k: v for k, v in opts.items() if v is not None}
+    y = None
+    if cfg.model.class_cond:
+        nk = info["num_classes"]
+        y = torch.as_tensor(labels).long().flatten() if labels is not None else default_labels(n, nk, seed)
+        y = y.expand(n).clone() if len(y) == 1 else y
+        if len(y) != n or ((y < 0) | (y >= nk)).any():
+            raise ValueError(f"give one label or {n} labels in 0..{nk - 1}")
+    xs, nfe = method.sample(model, n, y=y, seed=seed, known=x.expand(n, *shape).clone(), known_mask=known_mask,
+                            **opts)
+    xs = quantize(xs, levels)
+    path = None
+    if out is not None:
+        shown = torch.cat([mark_unknown(x, known_mask[:1]), xs.expand(-1, 3, -1, -1) if shape[0] == 1 else xs])
+        path = save_grid(shown, out, nrow=n + 1)
+    return xs, nfe, path
+
+
 def load_classifier(ckpt, generator_cfg: Config, device: str = "auto"):
     """A noise-aware classifier run for guiding a generator with config ``generator_cfg``: it must be a
     ``method: classifier`` checkpoint trained on the same diffusion schedule."""

@@ -72,6 +72,24 @@ def _discrete_opts(args) -> dict:
     return dict(temperature=args.temperature, top_k=args.top_k, k=args.k, order=args.order)
 
 
+def _add_inpaint(sub):
+    p = sub.add_parser("inpaint", help="fill the masked part of an image with a model",
+                       description="Fill the white pixels of --mask (same size as the image; black = keep) in "
+                                   "--image with --n completions; writes the masked input (hole in blue) and the "
+                                   "completions side by side. Diffusion (any sampler), any-order and raster AR.")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--image", required=True, help="PNG/JPEG of the model's image size")
+    p.add_argument("--mask", required=True, help="PNG of the same size: white = generate, black = keep")
+    p.add_argument("--out", default="inpaint.png")
+    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--labels", "--class", type=int, nargs="+", default=None, dest="labels")
+    p.add_argument("--device", default="auto")
+    _add_discrete_options(p)
+
+
 def _add_demo(sub):
     p = sub.add_parser("demo", help="train on built-in digits for about two minutes, write pictures")
     p.add_argument("--name", default="demo")
@@ -155,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_featnet(sub)
     _add_compare(sub)
+    _add_inpaint(sub)
     sub.add_parser("configs", help="list the shipped config recipes")
     return p
 
@@ -248,6 +267,11 @@ def main(argv=None) -> int:
             out = compare(args.config, args.out, quick=args.quick, fresh=args.fresh, only=args.only,
                           progress=not args.no_progress)
             print(f"report: {out / 'index.html'} and {out / 'README.md'}")
+        elif args.command == "inpaint":
+            _, nfe, path = api.inpaint(args.ckpt, args.image, args.mask, n=args.n, out=args.out, seed=args.seed,
+                                       device=args.device, labels=args.labels, sampler=args.sampler,
+                                       steps=args.steps, **_discrete_opts(args))
+            print(f"wrote {path} ({nfe} network evaluations per sample)")
         elif args.command == "configs":
             from .config import CONFIG_DIR
 

@@ -1,4 +1,4 @@
-"""Datasets: built-in digits, MNIST / Fashion-MNIST IDX files, and folders of images.
+"""Datasets: built-in digits, generated captioned shapes, MNIST / Fashion-MNIST IDX files, and folders of images.
 
 Everything is loaded into memory as uint8 levels (:class:`ImageDataset`); models see
 ``to_model(x, levels)`` in [-1, 1] and samples come back through ``from_model``.
@@ -11,7 +11,7 @@ from pathlib import Path
 from .base import ON_BAD_IMAGE, SPLITS, ImageDataset, default_data_root, from_model, to_model
 from .download import download
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "folder")
+DATASETS = ("digits", "shapes", "mnist", "fashion-mnist", "folder")
 
 __all__ = [
     "DATASETS", "SPLITS", "ImageDataset", "default_data_root", "download", "from_model",
@@ -37,23 +37,29 @@ def load_dataset(
     Args:
         name: one of ``DATASETS``.
         split: "train" (train split minus validation), "val" (validation subset carved from the
-            train split), "train+val" (whole train split) or "test".
+            train split), "train+val" (whole train split), "test", or "heldout" (shapes only: the
+            held-out attribute combinations, see ``genlab.data.shapes``).
         root: data directory (MNIST-style: the directory holding the four IDX files, default
-            ``default_data_root()/name``; folder: the image directory, required). Unused for digits.
-        image_size: output size (required for folders; digits only 8; MNIST resizes if not 28).
-        channels: 1 or 3 for folders (default 3); only 1 for digits and MNIST.
+            ``default_data_root()/name``; folder: the image directory, required). Unused for digits
+            and shapes.
+        image_size: output size (required for folders; digits only 8; shapes 16 (default) or 32;
+            MNIST resizes if not 28).
+        channels: 1 or 3 for folders (default 3); only 1 for digits and MNIST; only 3 for shapes.
         labels: attach class labels (``y``, ``num_classes``, ``class_names``); otherwise ``y`` is None.
-            None (default): yes for digits, MNIST and Fashion-MNIST, which always have labels; no for
-            folders, whose labels come from sub-folder names only when asked.
+            None (default): yes for digits, shapes (the shape class), MNIST and Fashion-MNIST, which
+            always have labels; no for folders, whose labels come from sub-folder names only when asked.
         on_bad_image: "error" or "skip" for unreadable files in a folder.
-        val_size: size of the validation subset (defaults: digits 144, MNIST 5000, folder 10%).
+        val_size: size of the validation subset (defaults: digits 144, shapes 500, MNIST 5000, folder 10%).
         binarize: threshold pixels at the middle level, giving ``levels == 2``.
-        seed: seed of the validation permutation (MNIST and folders; the digits split is fixed).
+        seed: seed of the validation permutation (MNIST and folders; the digits and shapes splits are fixed).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if split == "heldout" and name != "shapes":
+        raise ValueError(f"split 'heldout' exists only for the shapes dataset, not {name!r}; "
+                         f"choose one of train, val, train+val, test")
     if on_bad_image not in ON_BAD_IMAGE:
         raise ValueError(f"on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, got {on_bad_image!r}")
 
@@ -63,6 +69,11 @@ def load_dataset(
         from .digits import load_digits_dataset
 
         return load_digits_dataset(split, image_size=image_size, channels=channels, labels=labels,
+                                   val_size=val_size, binarize=binarize)
+    if name == "shapes":
+        from .shapes import load_shapes_dataset
+
+        return load_shapes_dataset(split, image_size=image_size, channels=channels, labels=labels,
                                    val_size=val_size, binarize=binarize)
     if name in ("mnist", "fashion-mnist"):
         from .idx import load_idx_dataset

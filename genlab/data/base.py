@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SPLITS = ("train", "val", "train+val", "test")
+SPLITS = ("train", "val", "train+val", "test", "heldout")  # "heldout": shapes only (unseen attribute combinations)
 ON_BAD_IMAGE = ("error", "skip")
 
 
@@ -71,6 +71,8 @@ class ImageDataset:
         num_classes: number of classes, 0 when unlabeled.
         class_names: one name per class (empty when unlabeled).
         name: dataset name, e.g. ``"digits"``.
+        captions: one caption per image (the shapes dataset), or ``None``.
+        attrs: ground-truth attributes, ``{name: int64 (N,)}`` (the shapes dataset), or ``None``.
     """
 
     x: torch.Tensor
@@ -79,6 +81,8 @@ class ImageDataset:
     num_classes: int
     class_names: list[str] = field(default_factory=list)
     name: str = ""
+    captions: list[str] | None = None
+    attrs: dict[str, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.x.dtype != torch.uint8 or self.x.dim() != 4:
@@ -90,6 +94,15 @@ class ImageDataset:
                 raise ValueError("a labeled dataset needs num_classes > 0")
         elif self.num_classes != 0:
             raise ValueError("num_classes must be 0 when y is None")
+        n = self.x.shape[0]
+        if self.captions is not None:
+            if len(self.captions) != n or not all(isinstance(c, str) for c in self.captions):
+                raise ValueError(f"captions must be a list of {n} strings (one per image), got {len(self.captions)} items")
+        if self.attrs is not None:
+            for key, v in self.attrs.items():
+                if not isinstance(v, torch.Tensor) or v.dtype != torch.int64 or v.shape != (n,):
+                    got = f"{v.dtype} {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+                    raise ValueError(f"attrs[{key!r}] must be int64 of shape ({n},), got {got}")
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -101,10 +114,18 @@ class ImageDataset:
         return int(c), int(h), int(w)
 
     def batch(self, idx: torch.Tensor) -> dict:
-        """Return ``{"x": float32 N x C x H x W in [-1, 1], "y": int64 (labeled only)}`` for ``idx``."""
+        """Return ``{"x": float32 N x C x H x W in [-1, 1], "y": int64 (labeled only)}`` for ``idx``.
+
+        Captioned datasets also give ``"text"`` (list of str) and ``"attrs"`` (``{name: int64}``).
+        """
         out = {"x": to_model(self.x[idx], self.levels)}
         if self.y is not None:
             out["y"] = self.y[idx]
+        if self.captions is not None:
+            rows = torch.arange(len(self))[idx].reshape(-1).tolist()
+            out["text"] = [self.captions[i] for i in rows]
+        if self.attrs is not None:
+            out["attrs"] = {key: v[idx] for key, v in self.attrs.items()}
         return out
 
 

@@ -36,7 +36,7 @@ def snr_weight(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor
 class DiffusionMethod:
     name = "diffusion"
     sample_options = ("sampler", "steps", "eta", "spacing", "variance", "guidance", "classifier",
-                      "classifier_scale")
+                      "classifier_scale", "known", "known_mask")
 
     def __init__(self, cfg: Config):
         d = cfg.diffusion
@@ -135,7 +135,10 @@ class DiffusionMethod:
         Returns (images N x C x H x W on the CPU, network evaluations per sample). The callback (if given)
         receives the step info of the first batch only.
         """
-        check_sample_options(self.name, ("guidance", "classifier", "classifier_scale"), opts)
+        check_sample_options(self.name, ("guidance", "classifier", "classifier_scale", "known", "known_mask"), opts)
+        known, known_mask = opts.get("known"), opts.get("known_mask")
+        if (known is None) != (known_mask is None):
+            raise ValueError("inpainting needs both known (images) and known_mask")
         guide = {k: opts[k] for k in ("guidance", "classifier", "classifier_scale") if k in opts}
         s = self.cfg.sample
         sampler = sampler or s.sampler
@@ -161,9 +164,21 @@ class DiffusionMethod:
             noise = PerSampleNoise(range(seed + b0, seed + b0 + b))
             x_T = noise.randn((b, *shape), device)
             yb = None if y is None else y[b0:b0 + b].to(device)
-            den = CountingDenoiser(self.denoiser(model, yb, **guide))
+            den = self.denoiser(model, yb, **guide)
+            if known is not None:
+                from ..diffusion.tasks import Inpaint
+
+                if known.shape[0] != n or tuple(known.shape[1:]) != shape or known_mask.shape != known.shape:
+                    raise ValueError(f"known and known_mask must have shape ({n}, {', '.join(map(str, shape))}); "
+                                     f"got {tuple(known.shape)} and {tuple(known_mask.shape)}")
+                den = Inpaint(den, schedule, known[b0:b0 + b].to(device), known_mask[b0:b0 + b].to(device))
+            den = CountingDenoiser(den)
             x = fn(den, x_T, schedule, steps, generator=noise, callback=callback if b0 == 0 else None, **opts)
-            out.append(x.clamp(-1, 1).cpu())
+            x = x.clamp(-1, 1)
+            if known is not None:        # the known pixels exactly (the last x0_hat already holds them)
+                m = known_mask[b0:b0 + b].to(x.device).bool()
+                x = torch.where(m, known[b0:b0 + b].to(x.device, x.dtype), x)
+            out.append(x.cpu())
             nfe = den.nfe
         model.train(was_training)
         return torch.cat(out), nfe

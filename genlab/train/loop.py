@@ -109,6 +109,15 @@ def lr_at(cfg: Config, step: int, progress: float) -> float:
 
 
 @torch.no_grad()
+def _to(v, dev):
+    """A batch entry on the device: tensors, dicts of tensors (attributes); lists (captions) stay as they are."""
+    if torch.is_tensor(v):
+        return v.to(dev, non_blocking=True)
+    if isinstance(v, dict):
+        return {k: _to(u, dev) for k, u in v.items()}
+    return v
+
+
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model (Polyak averaging, as in DDPM's released code)."""
     ep = [p for p in ema.parameters()]
@@ -240,7 +249,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
         total, count = 0.0, 0
         for k, start in enumerate(range(0, len(val_ds), micro)):
             idx = torch.arange(start, min(start + micro, len(val_ds)))
-            batch = {key: v.to(dev) for key, v in val_ds.batch(idx).items()}
+            batch = {key: _to(v, dev) for key, v in val_ds.batch(idx).items()}
             rng = StepRNG(mix_seed(t.seed, 2, k), len(idx), slice(None), dev)
             with autocast():
                 total += method.loss(net, batch, rng).item() * len(idx)
@@ -308,7 +317,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
             step_loss = torch.zeros((), device=dev)
             for m in range(t.grad_accum):
                 idx = data_indices(len(train_ds), t.seed, state.samples_seen + m * micro, micro)[rows]
-                batch = {k: v.to(dev, non_blocking=True) for k, v in train_ds.batch(idx).items()}
+                batch = {k: _to(v, dev) for k, v in train_ds.batch(idx).items()}
                 rng = StepRNG(mix_seed(t.seed, 0, state.step, m), micro, rows, dev)
                 sync = ddp_model.no_sync() if (info.enabled and m < t.grad_accum - 1) else contextlib.nullcontext()
                 with sync:
