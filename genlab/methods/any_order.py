@@ -25,7 +25,7 @@ from ..config import Config
 from ..nn import UNet
 from ..rng import StepRNG
 from .categorical import (LN2, PerSampleUniform, check_sample_options, drop_labels, filter_logits, from_levels,
-                          labels_or_none, nll_nats, sample_from, to_levels, unwrap)
+                          known_pixels, labels_or_none, nll_nats, sample_from, to_levels, unwrap)
 
 ORDERS = ("random", "raster")
 
@@ -167,13 +167,7 @@ class AnyOrderMethod:
             fixed = torch.arange(d) if order == "raster" else None
         else:
             fixed = self._check_order(order, d)
-        known, known_mask = opts.get("known"), opts.get("known_mask")
-        if (known is None) != (known_mask is None):
-            raise ValueError("inpainting needs both known (images) and known_mask")
-        if known is not None and (known.shape[0] != n or known.shape[1:] != (c, size, size)
-                                  or known_mask.shape != known.shape):
-            raise ValueError(f"known and known_mask must have shape ({n}, {c}, {size}, {size}); got "
-                             f"{tuple(known.shape)} and {tuple(known_mask.shape)}")
+        known, known_mask = known_pixels(opts, n, (c, size, size))
         temperature = opts.get("temperature", s.temperature)
         top_k = opts.get("top_k", s.top_k)
         dev = device or next(net.parameters()).device

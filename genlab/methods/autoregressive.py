@@ -17,7 +17,7 @@ from torch import nn
 from ..config import Config
 from ..diffusion.guidance import guided_logits
 from .categorical import (PerSampleUniform, TeacherForced, check_sample_options, filter_logits, from_levels,
-                          labels_or_none, sample_from, to_levels, unwrap)
+                          known_pixels, labels_or_none, sample_from, to_levels, unwrap)
 
 BACKBONES = ("pixelcnn", "transformer")
 
@@ -66,12 +66,7 @@ class AutoregressiveMethod(TeacherForced):
         net.eval()
         c, size = net.in_channels, net.image_size
         d = c * size * size
-        known_x, known_mask = opts.get("known"), opts.get("known_mask")
-        if (known_x is None) != (known_mask is None):
-            raise ValueError("inpainting needs both known (images) and known_mask")
-        if known_x is not None and (tuple(known_x.shape) != (n, c, size, size) or known_mask.shape != known_x.shape):
-            raise ValueError(f"known and known_mask must have shape ({n}, {c}, {size}, {size}); got "
-                             f"{tuple(known_x.shape)} and {tuple(known_mask.shape)}")
+        known_x, known_mask = known_pixels(opts, n, (c, size, size))
         guidance = opts.get("guidance")
         guided = guidance is not None and float(guidance) != 1.0
         if guided and (not net.num_classes or y is None):
@@ -106,7 +101,7 @@ class AutoregressiveMethod(TeacherForced):
                         logits = guided_logits(logits, net(canvas, null)[:, ch, :, i, j], guidance)
                 v = sample_from(filter_logits(logits, temperature, top_k), u[:, p])
                 if known_x is not None:
-                    fixed = known_mask[b0:b0 + b, ch, i, j].to(dev).bool()
+                    fixed = known_mask[b0:b0 + b, ch, i, j].to(dev)
                     v = torch.where(fixed, to_levels(known_x[b0:b0 + b, ch, i, j].to(dev), net.levels), v)
                 levels[:, ch, i, j] = v
                 known[:, ch, i, j] = True

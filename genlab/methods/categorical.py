@@ -115,6 +115,21 @@ class TeacherForced:
         return bits_per_dim(net(x, labels_or_none(net, y)), to_levels(x, net.levels))
 
 
+def known_pixels(opts: dict, n: int, shape: tuple):
+    """The inpainting options ``known`` (images in [-1, 1]) and ``known_mask`` (True = keep), checked against
+    n samples of ``shape`` (C, H, W): (known, bool mask), or (None, None) when not inpainting."""
+    known, mask = opts.get("known"), opts.get("known_mask")
+    if (known is None) != (mask is None):
+        raise ValueError("inpainting needs both known (images) and known_mask")
+    if known is None:
+        return None, None
+    want = (n, *shape)
+    if tuple(known.shape) != want or tuple(mask.shape) != want:
+        raise ValueError(f"known and known_mask must have shape {want}; got {tuple(known.shape)} and "
+                         f"{tuple(mask.shape)}")
+    return known, mask.bool()
+
+
 def unwrap(model):
     return getattr(model, "module", model)
 

@@ -17,7 +17,7 @@ from ..diffusion.samplers import sampler_options
 from ..diffusion.process import q_sample, target
 from ..nn import UNet
 from ..rng import StepRNG
-from .categorical import check_sample_options, drop_labels
+from .categorical import check_sample_options, drop_labels, known_pixels
 
 
 def snr_weight(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
@@ -129,17 +129,14 @@ class DiffusionMethod:
                steps: Optional[int] = None, eta: Optional[float] = None, spacing: Optional[str] = None,
                variance: Optional[str] = None, seed: int = 0, batch_size: int = 256,
                callback: Optional[Callable] = None, device=None, progress: bool = False,
-               **opts) -> tuple[torch.Tensor, int]:
+               **extra) -> tuple[torch.Tensor, int]:
         """Draw n images in [-1, 1]; sample i uses seed + i alone, so it does not depend on the batching.
 
         Returns (images N x C x H x W on the CPU, network evaluations per sample). The callback (if given)
         receives the step info of the first batch only.
         """
-        check_sample_options(self.name, ("guidance", "classifier", "classifier_scale", "known", "known_mask"), opts)
-        known, known_mask = opts.get("known"), opts.get("known_mask")
-        if (known is None) != (known_mask is None):
-            raise ValueError("inpainting needs both known (images) and known_mask")
-        guide = {k: opts[k] for k in ("guidance", "classifier", "classifier_scale") if k in opts}
+        check_sample_options(self.name, ("guidance", "classifier", "classifier_scale", "known", "known_mask"), extra)
+        guide = {k: extra[k] for k in ("guidance", "classifier", "classifier_scale") if k in extra}
         s = self.cfg.sample
         sampler = sampler or s.sampler
         fn = get_sampler(sampler)
@@ -151,6 +148,7 @@ class DiffusionMethod:
         device = device or next(model.parameters()).device
         net = _unwrap(model)
         shape = (net.in_channels, net.image_size, net.image_size)
+        known, known_mask = known_pixels(extra, n, shape)
         out, nfe = [], 0
         was_training = model.training
         model.eval()
@@ -168,15 +166,12 @@ class DiffusionMethod:
             if known is not None:
                 from ..diffusion.tasks import Inpaint
 
-                if known.shape[0] != n or tuple(known.shape[1:]) != shape or known_mask.shape != known.shape:
-                    raise ValueError(f"known and known_mask must have shape ({n}, {', '.join(map(str, shape))}); "
-                                     f"got {tuple(known.shape)} and {tuple(known_mask.shape)}")
                 den = Inpaint(den, schedule, known[b0:b0 + b].to(device), known_mask[b0:b0 + b].to(device))
             den = CountingDenoiser(den)
             x = fn(den, x_T, schedule, steps, generator=noise, callback=callback if b0 == 0 else None, **opts)
             x = x.clamp(-1, 1)
             if known is not None:        # the known pixels exactly (the last x0_hat already holds them)
-                m = known_mask[b0:b0 + b].to(x.device).bool()
+                m = known_mask[b0:b0 + b].to(x.device)
                 x = torch.where(m, known[b0:b0 + b].to(x.device, x.dtype), x)
             out.append(x.cpu())
             nfe = den.nfe
