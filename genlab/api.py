@@ -159,6 +159,25 @@ def default_labels(n: int, num_classes: int, seed: int = 0) -> Optional[torch.Te
     return (torch.arange(seed, seed + n) % num_classes) if num_classes else None
 
 
+def resolve_labels(labels, n: int, num_classes: int, class_names, seed: int, conditional: bool):
+    """The labels of n samples: one given label for all, one per sample, or by default (seed + i) mod K;
+    None for an unconditional model (where giving labels is an error)."""
+    if not conditional:
+        if labels is not None:
+            raise ValueError("this model is unconditional (model.class_cond is false); labels need --classifier "
+                             "(classifier guidance) or a class-conditional model")
+        return None
+    if labels is None:
+        return default_labels(n, num_classes, seed)
+    y = torch.as_tensor(labels).long().flatten()
+    y = y.expand(n).clone() if len(y) == 1 else y
+    if len(y) != n:
+        raise ValueError(f"got {len(y)} labels for {n} samples (give one label for all, or one per sample)")
+    if ((y < 0) | (y >= num_classes)).any():
+        raise ValueError(f"labels must be in 0..{num_classes - 1} (classes: {', '.join(map(str, class_names or range(num_classes)))})")
+    return y
+
+
 def quantize(x: torch.Tensor, levels: int) -> torch.Tensor:
     """Round model-space images to the dataset's discrete levels (and back to [-1, 1])."""
     return to_model(from_model(x, levels), levels)
@@ -219,19 +238,8 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
     check_sample_options(cfg.method, method.sample_options, opts)
     info = state["data"]
     levels = info["levels"]
-    y = None
-    if cfg.model.class_cond or classifier is not None:
-        nk = info["num_classes"] or opts["classifier"].num_classes
-        y = torch.as_tensor(labels).long().flatten() if labels is not None else default_labels(n, nk, seed)
-        if labels is not None and len(y) == 1:
-            y = y.expand(n).clone()
-        if len(y) != n:
-            raise ValueError(f"got {len(y)} labels for {n} samples")
-        if ((y < 0) | (y >= nk)).any():
-            raise ValueError(f"labels must be in 0..{nk - 1} (classes: {', '.join(info['class_names'])})")
-    elif labels is not None:
-        raise ValueError("this model is unconditional (model.class_cond is false); labels need --classifier "
-                         "(classifier guidance) or a class-conditional model")
+    nk = info["num_classes"] or (opts["classifier"].num_classes if classifier is not None else 0)
+    y = resolve_labels(labels, n, nk, info["class_names"], seed, cfg.model.class_cond or classifier is not None)
     if process:
         path = Path(out or "process.png")
         if path.suffix.lower() != ".png":
@@ -298,13 +306,7 @@ def inpaint(ckpt, image, mask, *, n: int = 4, out=None, seed: int = 0, which: st
     if bool(known_mask.all()):
         raise ValueError(f"mask {mask} has no white pixel: nothing to generate")
     opts = {k: v for k, v in opts.items() if v is not None}
-    y = None
-    if cfg.model.class_cond:
-        nk = info["num_classes"]
-        y = torch.as_tensor(labels).long().flatten() if labels is not None else default_labels(n, nk, seed)
-        y = y.expand(n).clone() if len(y) == 1 else y
-        if len(y) != n or ((y < 0) | (y >= nk)).any():
-            raise ValueError(f"give one label or {n} labels in 0..{nk - 1}")
+    y = resolve_labels(labels, n, info["num_classes"], info["class_names"], seed, cfg.model.class_cond)
     xs, nfe = method.sample(model, n, y=y, seed=seed, known=x.expand(n, *shape).clone(), known_mask=known_mask,
                             **opts)
     xs = quantize(xs, levels)

@@ -67,6 +67,12 @@ class Schedule:
     def create(cls, kind: str = "cosine", T: int = 1000, **kw) -> "Schedule":
         return cls(make_betas(kind, T, **kw).to(torch.float32))
 
+    @classmethod
+    def from_config(cls, d) -> "Schedule":
+        """The schedule of a ``diffusion`` config section (betas only matter for the linear schedule)."""
+        kw = dict(beta_start=d.beta_start, beta_end=d.beta_end) if d.schedule == "linear" else {}
+        return cls.create(d.schedule, d.timesteps, **kw)
+
     @property
     def T(self) -> int:
         return self.betas.shape[0]

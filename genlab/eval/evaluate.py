@@ -167,13 +167,14 @@ def sampling_label(cfg, opts: dict) -> str:
 
 def evaluate_checkpoint(ckpt, *, n: int = 1000, sampler: Optional[str] = None, steps: Optional[int] = None,
                         seeds: int = 1, eta: Optional[float] = None, use_ema: bool = True, which: str = "latest",
-                        batch_size: int = 500, device: str = "auto", pairs_png=None, **opts) -> dict:
+                        batch_size: int = 500, device: str = "auto", pairs_png=None, run=None, **opts) -> dict:
     """Sample n images per seed (seed k uses per-sample seeds k * n + i) and evaluate them; with cost.
-    ``opts``: the method's sampling options (e.g. k and order for any_order); None values are dropped."""
+    ``opts``: the method's sampling options (e.g. k and order for any_order); None values are dropped.
+    ``run``: the (config, method, model, state) of ``load_run`` when the caller has it loaded already."""
     from ..api import load_run
     from ..methods.categorical import check_sample_options
 
-    cfg, method, model, state = load_run(ckpt, which=which, use_ema=use_ema, device=device)
+    cfg, method, model, state = run or load_run(ckpt, which=which, use_ema=use_ema, device=device)
     opts = {k: v for k, v in dict(opts, sampler=sampler, steps=steps, eta=eta).items() if v is not None}
     check_sample_options(cfg.method, method.sample_options, opts)
     data, levels = state["data"]["name"], state["data"]["levels"]

@@ -24,7 +24,7 @@ from torch import nn
 from ..config import Config
 from ..nn import UNet
 from ..rng import StepRNG
-from .categorical import (LN2, PerSampleUniform, check_sample_options, drop_labels, filter_logits, from_levels,
+from .categorical import (square_shape, LN2, PerSampleUniform, check_sample_options, drop_labels, filter_logits, from_levels,
                           known_pixels, labels_or_none, nll_nats, sample_from, to_levels, unwrap)
 
 ORDERS = ("random", "raster")
@@ -69,9 +69,7 @@ class AnyOrderMethod:
 
     def build_model(self, shape: tuple, num_classes: int = 0, levels: int = 256) -> nn.Module:
         m = self.cfg.model
-        c, h, w = shape
-        if h != w:
-            raise ValueError(f"the UNet expects square images, got {h}x{w}")
+        c, h = square_shape(shape)
         return AnyOrderNet(c, h, levels, num_classes if m.class_cond else 0, width=m.width,
                            channel_mults=tuple(m.channel_mults), num_res_blocks=m.num_res_blocks,
                            attn_resolutions=tuple(m.attn_resolutions), num_heads=m.num_heads, dropout=m.dropout)

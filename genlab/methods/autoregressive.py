@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config import Config
 from ..diffusion.guidance import guided_logits
-from .categorical import (PerSampleUniform, TeacherForced, check_sample_options, filter_logits, from_levels,
+from .categorical import (square_shape, PerSampleUniform, TeacherForced, check_sample_options, filter_logits, from_levels,
                           known_pixels, labels_or_none, sample_from, to_levels, unwrap)
 
 BACKBONES = ("pixelcnn", "transformer")
@@ -31,9 +31,7 @@ class AutoregressiveMethod(TeacherForced):
 
     def build_model(self, shape: tuple, num_classes: int = 0, levels: int = 256) -> nn.Module:
         a = self.cfg.ar
-        c, h, w = shape
-        if h != w:
-            raise ValueError(f"square images expected, got {h}x{w}")
+        c, h = square_shape(shape)
         k = num_classes if self.cfg.model.class_cond else 0
         if a.backbone == "pixelcnn":
             from ..nn.pixelcnn import GatedPixelCNN

@@ -115,6 +115,14 @@ class TeacherForced:
         return bits_per_dim(net(x, labels_or_none(net, y)), to_levels(x, net.levels))
 
 
+def square_shape(shape: tuple) -> tuple[int, int]:
+    """(channels, side) of a (C, H, W) image shape; every backbone here takes square images only."""
+    c, h, w = shape
+    if h != w:
+        raise ValueError(f"the models take square images, got {h}x{w} (set data.image_size for a folder)")
+    return c, h
+
+
 def known_pixels(opts: dict, n: int, shape: tuple):
     """The inpainting options ``known`` (images in [-1, 1]) and ``known_mask`` (True = keep), checked against
     n samples of ``shape`` (C, H, W): (known, bool mask), or (None, None) when not inpainting."""

@@ -10,7 +10,7 @@ from ..config import Config
 from ..diffusion import Schedule
 from ..diffusion.process import q_sample
 from ..rng import StepRNG
-from .categorical import unwrap
+from .categorical import square_shape, unwrap
 
 
 class ClassifierMethod:
@@ -20,8 +20,7 @@ class ClassifierMethod:
     def __init__(self, cfg: Config):
         d = cfg.diffusion
         self.cfg = cfg
-        kw = dict(beta_start=d.beta_start, beta_end=d.beta_end) if d.schedule == "linear" else {}
-        self.schedule = Schedule.create(d.schedule, d.timesteps, **kw)
+        self.schedule = Schedule.from_config(d)
 
     def build_model(self, shape: tuple, num_classes: int = 0, levels: int = 256) -> torch.nn.Module:
         from ..nn.classifier import NoisyClassifier
@@ -30,7 +29,7 @@ class ClassifierMethod:
             raise ValueError("method=classifier needs labelled data (digits, MNIST, or a folder with "
                              "data.labels=true)")
         m = self.cfg.model
-        c, h, w = shape
+        c, h = square_shape(shape)
         return NoisyClassifier(in_channels=c, image_size=h, num_classes=num_classes, width=m.width,
                                channel_mults=tuple(m.channel_mults), num_res_blocks=m.num_res_blocks,
                                dropout=m.dropout)

@@ -17,7 +17,7 @@ from ..diffusion.samplers import sampler_options
 from ..diffusion.process import q_sample, target
 from ..nn import UNet
 from ..rng import StepRNG
-from .categorical import check_sample_options, drop_labels, known_pixels
+from .categorical import check_sample_options, drop_labels, known_pixels, square_shape
 
 
 def snr_weight(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
@@ -41,8 +41,7 @@ class DiffusionMethod:
     def __init__(self, cfg: Config):
         d = cfg.diffusion
         self.cfg = cfg
-        kw = dict(beta_start=d.beta_start, beta_end=d.beta_end) if d.schedule == "linear" else {}
-        self.schedule = Schedule.create(d.schedule, d.timesteps, **kw)
+        self.schedule = Schedule.from_config(d)
         self.alphas_cumprod = self.schedule.alphas_cumprod
         self.snr = self.schedule.snr
         self.prediction = d.prediction
@@ -50,9 +49,7 @@ class DiffusionMethod:
     # ------------------------------------------------------------------ model
     def build_model(self, shape: tuple[int, int, int], num_classes: int = 0, levels: int = 256) -> torch.nn.Module:
         m = self.cfg.model
-        c, h, w = shape
-        if h != w:
-            raise ValueError(f"the UNet expects square images, got {h}x{w}")
+        c, h = square_shape(shape)
         self.levels = levels
         return UNet(in_channels=c, image_size=h, width=m.width, channel_mults=tuple(m.channel_mults),
                     num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..config import Config
-from .categorical import (PerSampleUniform, TeacherForced, check_sample_options, filter_logits, from_levels,
+from .categorical import (square_shape, PerSampleUniform, TeacherForced, check_sample_options, filter_logits, from_levels,
                           labels_or_none, sample_from, unwrap)
 
 
@@ -44,9 +44,7 @@ class OneShotMethod(TeacherForced):
         self.cfg = cfg
 
     def build_model(self, shape: tuple, num_classes: int = 0, levels: int = 256) -> nn.Module:
-        c, h, w = shape
-        if h != w:
-            raise ValueError(f"square images expected, got {h}x{w}")
+        c, h = square_shape(shape)
         return OneShotTable(c, h, levels, num_classes if self.cfg.model.class_cond else 0)
 
     @torch.no_grad()

@@ -191,7 +191,7 @@ def run(spec_name: str = "compare_digits", out="runs/compare", *, quick: bool = 
                 continue
             print(f"[compare] {m.name}: sampling {ev['n']} with {opts or 'defaults'}", file=sys.stderr)
             r = evaluate_checkpoint(run_dir, which=which, n=ev["n"], seeds=ev["seeds"],
-                                    batch_size=ev["batch_size"], **opts)
+                                    batch_size=ev["batch_size"], run=(cfg_, method, model, state), **opts)
             rec["rows"][key] = {"opts": opts, "sampler": sampling_label(cfg, opts), "nfe": r["nfe"],
                                 "fid": r["fid_train"], "fid_std": r.get("fid_train_std", 0.0),
                                 "precision": r["precision"], "recall": r["recall"],
