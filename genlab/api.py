@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -73,7 +74,7 @@ def describe(cfg: Config) -> str:
     from .methods import get_method
 
     ds = load_data(cfg, "train")
-    model = get_method(cfg).build_model(ds.shape, ds.num_classes, levels=ds.levels)
+    model = get_method(cfg).build_model(ds.shape, ds.num_classes, levels=ds.levels, **text_kwargs(cfg, ds))
     n_params = sum(p.numel() for p in model.parameters())
     head = (f"# data: {ds.name}, {len(ds)} train images of shape {tuple(ds.shape)}, {ds.levels} levels, "
             f"{ds.num_classes} classes\n# model: {type(model).__name__}, {n_params / 1e6:.3f}M parameters\n")
@@ -108,7 +109,8 @@ def train(config: Union[str, Config, None] = None, overrides: Sequence[str] = ()
                          "(for a folder, set data.labels=true and put each class in its own sub-folder)")
     method = get_method(cfg)
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every process
-    model = method.build_model(train_ds.shape, train_ds.num_classes, levels=train_ds.levels)
+    model = method.build_model(train_ds.shape, train_ds.num_classes, levels=train_ds.levels,
+                               **text_kwargs(cfg, train_ds))
     run_dir = prepare_run_dir(name, runs_root=runs_root, resume=resume, force=force)
     if _rank() == 0:
         print(f"run directory: {run_dir}", file=sys.stderr)
@@ -124,12 +126,41 @@ def train(config: Union[str, Config, None] = None, overrides: Sequence[str] = ()
                       resume=resume, callbacks=tuple(callbacks), progress=progress)
 
 
+def text_kwargs(cfg: Config, ds) -> dict:
+    """build_model's vocabulary argument for a text-conditional model: the words of the training captions."""
+    if not cfg.model.text_cond:
+        return {}
+    if ds.captions is None:
+        raise ValueError(f"model.text_cond=true needs captions, but data {cfg.data.name!r} has none (use "
+                         "data.name=shapes, or a folder with captions.csv or one .txt per image)")
+    if cfg.model.text_encoder != "learned":
+        return {}
+    from .nn.text import Tokenizer
+
+    return {"vocab": Tokenizer.from_captions(ds.captions, cfg.model.text_max_len or None).to_dict()}
+
+
+def _training_condition(ctx: Context, n: int) -> dict:
+    """What training-time grids and evaluations condition on: labels 0..K-1 in turn, the first n captions of
+    the training data, and for an upsampler the first n training images downsampled."""
+    cfg, data, out = ctx.cfg, ctx.data, {}
+    if cfg.model.text_cond:
+        out["y"] = ctx.ema.text.tokenizer.encode([data.captions[i % len(data)] for i in range(n)])
+    elif cfg.model.class_cond:
+        out["y"] = default_labels(n, data.num_classes, seed=0)
+    if cfg.model.image_cond == "lowres":
+        from .diffusion.conditioning import downsample
+
+        idx = torch.arange(n) % len(data)
+        out["lowres"] = downsample(data.batch(idx)["x"], cfg.model.lowres_size)
+    return out
+
+
 def _grid_callback(ctx: Context) -> None:
     """Sample grid of the EMA model during training (samples/step_N.png) and at the end (samples.png)."""
     cfg = ctx.cfg
     n = min(cfg.sample.n, 64)
-    y = default_labels(n, ctx.data.num_classes, seed=0) if cfg.model.class_cond else None
-    x, _ = ctx.method.sample(ctx.ema, n, y=y, seed=0)
+    x, _ = ctx.method.sample(ctx.ema, n, seed=0, **_training_condition(ctx, n))
     x = quantize(x, ctx.data.levels)
     from .report.images import save_grid
 
@@ -143,8 +174,7 @@ def _eval_callback(ctx: Context) -> None:
 
     cfg, t0 = ctx.cfg, time.perf_counter()
     n = cfg.train.eval_n
-    y = default_labels(n, ctx.data.num_classes, seed=0) if cfg.model.class_cond else None
-    x, nfe = ctx.method.sample(ctx.ema, n, y=y, seed=0)
+    x, nfe = ctx.method.sample(ctx.ema, n, seed=0, **_training_condition(ctx, n))
     r = evaluate_samples(from_model(x, ctx.data.levels).numpy(), ctx.data.name, seed=0)
     rec = {"step": ctx.state.step, "time_used": ctx.state.time_used, "eval_n": n, "eval_nfe": nfe,
            "fid_train": r["fid_train"], "fid_matched_ratio": r["matched"]["ratio"], "precision": r["precision"],
@@ -195,7 +225,8 @@ def load_run(ckpt, *, which: str = "latest", use_ema: bool = True, device: str =
         raise ck.CheckpointError(f"{path}/state.json has an unusable config: {e}") from None
     method = get_method(cfg)
     info = state["data"]
-    model = method.build_model(tuple(info["shape"]), info["num_classes"], levels=info["levels"])
+    kw = {"vocab": info["vocab"]} if info.get("vocab") else {}
+    model = method.build_model(tuple(info["shape"]), info["num_classes"], levels=info["levels"], **kw)
     which_w = "ema" if use_ema and (path / "ema.safetensors").exists() else "model"
     tensors = ck.load_checkpoint(path, weights=(which_w,))[which_w]
     load_weights(model, tensors, f"{path}/{which_w}.safetensors")
@@ -209,7 +240,8 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
            labels: Optional[Sequence[int]] = None, which: str = "latest", use_ema: bool = True,
            device: str = "auto", progress: bool = True, temperature: Optional[float] = None,
            top_k: Optional[int] = None, k: Optional[int] = None, order: Optional[str] = None,
-           guidance: Optional[float] = None, classifier=None, classifier_scale: Optional[float] = None):
+           guidance: Optional[float] = None, classifier=None, classifier_scale: Optional[float] = None,
+           prompt: Union[str, Sequence[str], None] = None, upsampler=None, lowres_t: Optional[float] = None):
     """Draw n samples from a checkpoint. Sample i uses seed + i alone (reproducible by itself).
 
     out: ``*.png`` a grid; ``*.npy`` a uint8 array of dataset levels (N, C, H, W); a directory (ending in / or
@@ -222,6 +254,10 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
     ``classifier``: a noise-aware classifier run (``method: classifier``, same diffusion schedule) for classifier
     guidance with ``classifier_scale`` (default 1; 0 = none); it also works for an unconditional generator.
     ``labels``: one label per sample, or a single label for all of them.
+    ``prompt``: a caption, or several (for a text-conditional model): with P prompts, samples come in P equal
+    blocks (rows of the grid), block j asking for prompt j; no prompt draws unconditional samples.
+    ``upsampler``: a super-resolution run (``model.image_cond=lowres``) applied to the samples (a cascade);
+    ``lowres_t`` its conditioning noise level (fraction of T; default its sample.lowres_t).
     Returns (images in [-1, 1] quantized to the dataset's levels, network evaluations per sample, output path).
     """
     from .methods.categorical import check_sample_options
@@ -236,10 +272,30 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
     elif classifier_scale is not None:
         raise ValueError("--classifier-scale needs --classifier CKPT (a noise-aware classifier run)")
     check_sample_options(cfg.method, method.sample_options, opts)
+    if cfg.model.image_cond == "lowres":
+        raise ValueError(f"{ckpt} is an upsampler (it needs low-resolution images): sample a base model and "
+                         f"chain it, genlab sample --ckpt BASE --upsampler {ckpt}")
     info = state["data"]
     levels = info["levels"]
     nk = info["num_classes"] or (opts["classifier"].num_classes if classifier is not None else 0)
-    y = resolve_labels(labels, n, nk, info["class_names"], seed, cfg.model.class_cond or classifier is not None)
+    if cfg.model.text_cond:
+        if labels is not None:
+            raise ValueError("this model is text-conditional: ask with --prompt \"a red circle ...\", not --class")
+        if classifier is not None:
+            raise ValueError("classifier guidance steers towards class labels; this model is text-conditional "
+                             "(use --guidance for classifier-free guidance on the prompt)")
+        y = prompt_tokens(model, prompt, n)
+    else:
+        if prompt is not None:
+            kind = "class-conditional (use --class)" if cfg.model.class_cond else "unconditional"
+            raise ValueError(f"--prompt needs a text-conditional model (model.text_cond=true); this one is {kind}")
+        y = resolve_labels(labels, n, nk, info["class_names"], seed, cfg.model.class_cond or classifier is not None)
+    if y is None and (guidance is not None and guidance != 1.0):
+        raise ValueError("guidance needs a condition: give a prompt (--prompt) for a text-conditional model, "
+                         "labels (--class / --labels) for a class-conditional one")
+    nrow = None
+    if prompt is not None and not isinstance(prompt, str) and len(prompt) > 1:
+        nrow = math.ceil(n / len(prompt))
     if process:
         path = Path(out or "process.png")
         if path.suffix.lower() != ".png":
@@ -248,6 +304,12 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
         return quantize(x, levels), nfe, path
     x, nfe = method.sample(model, n, y=y, seed=seed, batch_size=batch_size, progress=progress, **opts)
     x = quantize(x, levels)
+    if upsampler is not None:
+        x, up_nfe, levels = upsample(upsampler, x, seed=seed, batch_size=batch_size, device=device,
+                                     progress=progress, lowres_t=lowres_t)
+        nfe += up_nfe
+    elif lowres_t is not None:
+        raise ValueError("--lowres-t sets the upsampler's conditioning noise: it needs --upsampler UP")
     if out is None:
         return x, nfe, None
     path = Path(out)
@@ -261,10 +323,44 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, from_model(x, levels).numpy().astype(np.uint8))
     elif path.suffix.lower() == ".png":
-        save_grid(x, path)
+        save_grid(x, path, nrow=nrow)
     else:
         raise ValueError(f"--out {out}: use a .png (grid), a .npy (array of levels) or a directory ending in /")
     return x, nfe, path
+
+
+def prompt_tokens(model, prompt, n: int) -> Optional[torch.Tensor]:
+    """Caption tokens (n, L) for a text-conditional model: one prompt for all, or P prompts in P equal blocks
+    (sample i asks for prompt i // ceil(n / P)); None without a prompt (unconditional samples)."""
+    if prompt is None:
+        return None
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        return None
+    if len(prompts) > n:
+        raise ValueError(f"{len(prompts)} prompts for {n} samples: ask for at least one sample per prompt (--n)")
+    per = math.ceil(n / len(prompts))
+    return model.text.tokenizer.encode([prompts[i // per] for i in range(n)])
+
+
+def upsample(ckpt, lowres: torch.Tensor, *, seed: int = 0, batch_size: int = 256, device: str = "auto",
+             progress: bool = False, lowres_t: Optional[float] = None, which: str = "latest", **opts):
+    """Super-resolve images (N, C, h, w) in [-1, 1] with an upsampler run (``model.image_cond=lowres``).
+    Returns (images in [-1, 1] quantized to the upsampler's levels, network evaluations per image, levels)."""
+    cfg, method, model, state = load_run(ckpt, which=which, device=device)
+    if cfg.model.image_cond != "lowres":
+        raise ValueError(f"--upsampler {ckpt} is not an upsampler (model.image_cond={cfg.model.image_cond}); "
+                         "train one with model.image_cond=lowres model.lowres_size=N")
+    c, size = state["data"]["shape"][0], cfg.model.lowres_size
+    if tuple(lowres.shape[1:]) != (c, size, size):
+        raise ValueError(f"the upsampler takes {c}x{size}x{size} images, but the base model makes "
+                         f"{'x'.join(map(str, lowres.shape[1:]))}")
+    if lowres_t is not None:
+        opts["lowres_t"] = lowres_t
+    x, nfe = method.sample(model, lowres.shape[0], lowres=lowres, seed=seed, batch_size=batch_size,
+                           progress=progress, **opts)
+    levels = state["data"]["levels"]
+    return quantize(x, levels), nfe, levels
 
 
 def read_image_levels(path, shape: tuple, levels: int, what: str = "image") -> torch.Tensor:
@@ -287,9 +383,12 @@ def read_image_levels(path, shape: tuple, levels: int, what: str = "image") -> t
 
 
 def inpaint(ckpt, image, mask, *, n: int = 4, out=None, seed: int = 0, which: str = "latest",
-            use_ema: bool = True, device: str = "auto", labels: Optional[Sequence[int]] = None, **opts):
+            use_ema: bool = True, device: str = "auto", labels: Optional[Sequence[int]] = None,
+            prompt: Optional[str] = None, **opts):
     """Fill the white pixels of ``mask`` (a PNG of the image's size; white = generate, black = keep) in
-    ``image`` with n completions. Diffusion: replacement in x0_hat at every step (any sampler); any-order AR:
+    ``image`` with n completions. Diffusion: replacement in x0_hat at every step (any sampler; ``resample=U``
+    with the ddpm sampler adds RePaint's resampling), or, for a GLIDE-style inpainting model
+    (``model.image_cond=mask``), the mask and known pixels as its input; any-order AR:
     the known pixels are revealed from the start; raster AR: known pixels are kept, but each drawn pixel sees
     only the known pixels before it. ``out``: a PNG with the masked input (hole in blue) then the completions.
     Returns (completions in [-1, 1], evaluations per sample, path)."""
@@ -306,7 +405,12 @@ def inpaint(ckpt, image, mask, *, n: int = 4, out=None, seed: int = 0, which: st
     if bool(known_mask.all()):
         raise ValueError(f"mask {mask} has no white pixel: nothing to generate")
     opts = {k: v for k, v in opts.items() if v is not None}
-    y = resolve_labels(labels, n, info["num_classes"], info["class_names"], seed, cfg.model.class_cond)
+    if cfg.model.text_cond:
+        y = prompt_tokens(model, prompt, n)
+    elif prompt is not None:
+        raise ValueError("--prompt needs a text-conditional model (model.text_cond=true)")
+    else:
+        y = resolve_labels(labels, n, info["num_classes"], info["class_names"], seed, cfg.model.class_cond)
     xs, nfe = method.sample(model, n, y=y, seed=seed, known=x.expand(n, *shape).clone(), known_mask=known_mask,
                             **opts)
     xs = quantize(xs, levels)

@@ -51,10 +51,16 @@ def _add_sample(sub):
                         "[(seed + i) mod K]")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (1: none, 0: unconditional, > 1: stronger) for "
-                        "class-conditional models trained with diffusion.cond_drop > 0")
+                        "class- or text-conditional models trained with diffusion.cond_drop > 0")
     p.add_argument("--classifier", default=None,
                    help="classifier guidance: a noise-aware classifier run (method=classifier, same schedule)")
     p.add_argument("--classifier-scale", type=float, default=None, help="classifier guidance scale [1]")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="caption for a text-conditional model; repeat for several (one grid row each)")
+    p.add_argument("--upsampler", default=None,
+                   help="super-resolution run (model.image_cond=lowres) applied to the samples: a cascade")
+    p.add_argument("--lowres-t", type=float, default=None,
+                   help="noise level of the upsampler's low-res input, fraction of T [its sample.lowres_t]")
     p.add_argument("--which", choices=["latest", "best"], default="latest", help="checkpoint of a run [latest]")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--device", default="auto")
@@ -86,6 +92,10 @@ def _add_inpaint(sub):
     p.add_argument("--sampler", choices=list(SAMPLERS), default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--labels", "--class", type=int, nargs="+", default=None, dest="labels")
+    p.add_argument("--prompt", default=None, help="caption for a text-conditional model")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale [1]")
+    p.add_argument("--resample", type=int, default=None,
+                   help="diffusion with --sampler ddpm: RePaint resampling, each step repeated this often [1]")
     p.add_argument("--device", default="auto")
     _add_discrete_options(p)
 
@@ -245,6 +255,7 @@ def main(argv=None) -> int:
                                       process=args.process, labels=args.labels, which=args.which,
                                       use_ema=not args.raw, device=args.device, guidance=args.guidance,
                                       classifier=args.classifier, classifier_scale=args.classifier_scale,
+                                      prompt=args.prompt, upsampler=args.upsampler, lowres_t=args.lowres_t,
                                       **_discrete_opts(args))
             print(f"wrote {path} ({nfe} network evaluations per sample)")
         elif args.command == "demo":
@@ -270,7 +281,8 @@ def main(argv=None) -> int:
         elif args.command == "inpaint":
             _, nfe, path = api.inpaint(args.ckpt, args.image, args.mask, n=args.n, out=args.out, seed=args.seed,
                                        device=args.device, labels=args.labels, sampler=args.sampler,
-                                       steps=args.steps, **_discrete_opts(args))
+                                       steps=args.steps, prompt=args.prompt, guidance=args.guidance,
+                                       resample=args.resample, **_discrete_opts(args))
             print(f"wrote {path} ({nfe} network evaluations per sample)")
         elif args.command == "configs":
             from .config import CONFIG_DIR

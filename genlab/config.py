@@ -45,6 +45,13 @@ class ModelConfig:
     num_heads: int = 4
     dropout: float = 0.0
     class_cond: bool = False           # condition on the dataset's labels (adds a null class for guidance)
+    text_cond: bool = False            # condition on the dataset's captions (GLIDE-style; empty caption = null)
+    text_encoder: str = "learned"      # learned (trained with the generator) | minilm (frozen all-MiniLM-L6-v2)
+    text_width: int = 128              # learned text encoder width
+    text_layers: int = 2               # learned text encoder blocks
+    text_max_len: int = 0              # tokens per caption incl. the start token (0: longest training caption + 1)
+    image_cond: str = "none"           # none | lowres (super-resolution upsampler) | mask (GLIDE inpainting model)
+    lowres_size: int = 0               # image_cond=lowres: side of the low-resolution conditioning image
 
 
 @dataclass
@@ -58,6 +65,8 @@ class DiffusionConfig:
     min_snr_gamma: float = 5.0
     cond_drop: float = 0.0             # probability of replacing the label by the null class (for CFG)
     clip_sample: bool = True           # clip x0_hat to [-1, 1] while sampling
+    lowres_aug: float = 0.2            # upsampler: noise augmentation of the low-res image, max fraction of T in
+                                       # training (Ho et al. 2022, cascaded diffusion); sample.lowres_t at sampling
 
 
 @dataclass
@@ -112,6 +121,7 @@ class SampleConfig:
     top_k: int = 0                     # discrete methods: sample among the k likeliest levels (0: all)
     k: int = 1                         # any_order: sub-pixels revealed per network evaluation
     order: str = "random"              # any_order: random | raster
+    lowres_t: float = 0.1              # upsampler: noise level of the low-res conditioning image (fraction of T)
 
 
 @dataclass
@@ -151,6 +161,8 @@ def _choices() -> dict:
         "diffusion.schedule": SCHEDULES,
         "diffusion.prediction": PREDICTIONS,
         "diffusion.loss_weight": ("none", "min_snr"),
+        "model.text_encoder": ("learned", "minilm"),
+        "model.image_cond": ("none", "lowres", "mask"),
         "train.lr_schedule": ("cosine", "constant"),
         "train.precision": ("auto", "fp32", "bf16", "fp16"),
         "sample.sampler": tuple(SAMPLERS),
@@ -208,6 +220,27 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"ar.kernel_size={cfg.ar.kernel_size} must be odd")
     if cfg.ar.width % cfg.ar.heads:
         raise ConfigError(f"ar.width={cfg.ar.width} must be divisible by ar.heads={cfg.ar.heads}")
+    m = cfg.model
+    if m.text_cond and m.class_cond:
+        raise ConfigError("model.class_cond and model.text_cond are exclusive: condition on labels or on captions")
+    if m.image_cond != "none" and cfg.method != "diffusion":
+        raise ConfigError(f"model.image_cond={m.image_cond} is implemented for method=diffusion, not {cfg.method}")
+    if m.text_cond and not (cfg.method == "diffusion" or (cfg.method == "autoregressive"
+                                                          and cfg.ar.backbone == "transformer")):
+        raise ConfigError("model.text_cond is implemented for method=diffusion and for method=autoregressive with "
+                          f"ar.backbone=transformer, not {cfg.method}"
+                          + (f" with ar.backbone={cfg.ar.backbone}" if cfg.method == "autoregressive" else ""))
+    if m.text_cond and m.text_encoder == "learned" and (m.text_width <= 0 or m.text_layers < 0
+                                                        or m.text_width % m.num_heads):
+        raise ConfigError(f"model.text_width={m.text_width} must be > 0 and divisible by model.num_heads="
+                          f"{m.num_heads}, model.text_layers >= 0")
+    if m.text_max_len < 0 or m.text_max_len == 1:
+        raise ConfigError(f"model.text_max_len={m.text_max_len} must be 0 (automatic) or >= 2")
+    if m.image_cond == "lowres" and m.lowres_size < 2:
+        raise ConfigError("model.image_cond=lowres needs model.lowres_size (side of the low-resolution input), "
+                          f"got {m.lowres_size}")
+    if not 0.0 <= cfg.diffusion.lowres_aug <= 1.0 or not 0.0 <= cfg.sample.lowres_t <= 1.0:
+        raise ConfigError("diffusion.lowres_aug and sample.lowres_t are fractions of T in [0, 1]")
     if not 0.0 <= cfg.diffusion.cond_drop < 1.0:
         raise ConfigError(f"diffusion.cond_drop={cfg.diffusion.cond_drop} must be in [0, 1)")
     if not 0.0 <= cfg.train.ema_decay < 1.0:

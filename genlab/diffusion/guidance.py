@@ -27,6 +27,8 @@ def _alpha_bar(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> torch
 
 class ClassifierFreeGuidance:
     """Guided denoiser from one network trained with condition dropout (labels replaced by ``null`` at random).
+    ``y``: labels (N,) with ``null`` the null class, or caption tokens (N, L) with ``null`` the empty caption's
+    tokens (a tensor broadcastable to y).
 
     Each call evaluates the network twice per sample (conditional and unconditional, in one batch), except at
     scale 1 (conditional only) and 0 (unconditional only); ``evals_per_call`` says which."""
@@ -36,9 +38,10 @@ class ClassifierFreeGuidance:
         if y is None:
             raise ValueError("classifier-free guidance needs labels y")
         self.schedule, self.prediction, self.clip, self.scale = schedule, prediction, clip, float(scale)
+        y_null = null.to(y.device).expand_as(y) if isinstance(null, torch.Tensor) else torch.full_like(y, null)
         self.cond = Denoiser(net, schedule, prediction, y=y, clip=False)
-        self.uncond = Denoiser(net, schedule, prediction, y=torch.full_like(y, null), clip=False)
-        self.both = Denoiser(net, schedule, prediction, y=torch.cat([y, torch.full_like(y, null)]), clip=False)
+        self.uncond = Denoiser(net, schedule, prediction, y=y_null, clip=False)
+        self.both = Denoiser(net, schedule, prediction, y=torch.cat([y, y_null]), clip=False)
         self.evals_per_call = 1 if self.scale in (0.0, 1.0) else 2
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,3 +32,29 @@ class Inpaint:
         ab = self.schedule.alpha_bar_at(t.cpu()).to(x_t.dtype).to(x_t.device)
         x0 = torch.where(self.mask.to(x_t.device), self.known.to(x_t.device, x_t.dtype), x0)
         return x0, eps_from_x0(x_t, x0, ab)
+
+
+@torch.no_grad()
+def repaint(denoiser, x_T: torch.Tensor, schedule: Schedule, steps: int, *, resample: int, generator=None,
+            callback=None, spacing: str = "leading", variance: str = "small") -> torch.Tensor:
+    """Ancestral (DDPM) sampling with RePaint's resampling (Lugmayr et al. 2022, algorithm 1, jump length 1):
+    every step t -> s is taken ``resample`` times; between repeats, x_s is diffused back to t with
+    q(x_t | x_s) = N(sqrt(alpha_bar_t / alpha_bar_s) x_s, (1 - alpha_bar_t / alpha_bar_s) I), which lets the
+    generated region harmonize with the known one. Use with an :class:`Inpaint` denoiser; ``resample = 1`` is
+    plain ddpm sampling. Network evaluations: ``resample`` per step (1 at the last step)."""
+    from .samplers import _pairs, ddpm_step, randn
+
+    x = x_T
+    for i, t, s, ab_t, ab_s in _pairs(schedule, steps, spacing):
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        for r in range(resample if s >= 0 else 1):
+            x0, _ = denoiser(x, tt)
+            noise = randn(x.shape, generator, x.device, x.dtype) if s >= 0 else None
+            x_s = ddpm_step(x, x0, ab_t, ab_s, noise, variance)
+            if r < resample - 1 and s >= 0:
+                a = ab_t / ab_s
+                x = a ** 0.5 * x_s + (1 - a) ** 0.5 * randn(x.shape, generator, x.device, x.dtype)
+        x = x_s
+        if callback is not None:
+            callback({"i": i, "t": t, "x_t": x, "x0_hat": x0})
+    return x

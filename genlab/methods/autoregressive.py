@@ -29,19 +29,23 @@ class AutoregressiveMethod(TeacherForced):
     def __init__(self, cfg: Config):
         self.cfg = cfg
 
-    def build_model(self, shape: tuple, num_classes: int = 0, levels: int = 256) -> nn.Module:
-        a = self.cfg.ar
+    def build_model(self, shape: tuple, num_classes: int = 0, levels: int = 256,
+                    vocab: Optional[dict] = None) -> nn.Module:
+        """vocab: the tokenizer of a text-conditional transformer (saved with the run)."""
+        a, m = self.cfg.ar, self.cfg.model
         c, h = square_shape(shape)
-        k = num_classes if self.cfg.model.class_cond else 0
+        k = num_classes if m.class_cond else 0
         if a.backbone == "pixelcnn":
             from ..nn.pixelcnn import GatedPixelCNN
 
             return GatedPixelCNN(in_channels=c, image_size=h, levels=levels, width=a.width, layers=a.layers,
                                  kernel_size=a.kernel_size, dropout=a.dropout, num_classes=k)
+        from ..nn.text import build_text_encoder
         from ..nn.transformer import PixelTransformer
 
+        text = build_text_encoder(m, vocab) if m.text_cond else None
         return PixelTransformer(in_channels=c, image_size=h, levels=levels, width=a.width, layers=a.layers,
-                                heads=a.heads, dropout=a.dropout, num_classes=k)
+                                heads=a.heads, dropout=a.dropout, num_classes=k, text_encoder=text)
 
     @torch.no_grad()
     def sample(self, model, n: int, *, y: Optional[torch.Tensor] = None, seed: int = 0, batch_size: int = 256,
@@ -67,9 +71,10 @@ class AutoregressiveMethod(TeacherForced):
         known_x, known_mask = known_pixels(opts, n, (c, size, size))
         guidance = opts.get("guidance")
         guided = guidance is not None and float(guidance) != 1.0
-        if guided and (not net.num_classes or y is None):
-            raise ValueError("classifier-free guidance needs a class-conditional model (model.class_cond=true, "
-                             "trained with diffusion.cond_drop > 0) and labels")
+        conditional = bool(net.num_classes) or getattr(net, "text", None) is not None
+        if guided and (not conditional or y is None):
+            raise ValueError("classifier-free guidance needs a class- or text-conditional model (model.class_cond or "
+                             "model.text_cond, trained with diffusion.cond_drop > 0) and labels or a prompt")
         out = []
         starts = range(0, n, batch_size)
         if progress:
@@ -82,7 +87,7 @@ class AutoregressiveMethod(TeacherForced):
             levels = torch.zeros(b, c, size, size, dtype=torch.long, device=dev)
             known = torch.zeros(b, c, size, size, dtype=torch.bool, device=dev)
             cache = net.new_cache(b, dev) if use_cache and hasattr(net, "step") else None
-            null = torch.full((b,), net.num_classes, dtype=torch.long, device=dev) if guided else None
+            null = net.null_like(yb) if guided else None
             cache_u = net.new_cache(b, dev) if guided and cache is not None else None
             prev = None
             for p in range(d):

@@ -103,9 +103,7 @@ class TeacherForced:
         replaced by the null class."""
         x = batch["x"]
         net = unwrap(model)
-        drop = rng.rand()
-        y = drop_labels(batch.get("y") if net.num_classes else None, drop, self.cfg.diffusion.cond_drop,
-                        net.num_classes)
+        y = training_condition(model, batch, rng.rand(), self.cfg.diffusion.cond_drop)
         return bits_per_dim(model(x, y), to_levels(x, net.levels)).mean()
 
     @torch.no_grad()
@@ -143,4 +141,19 @@ def unwrap(model):
 
 
 def labels_or_none(model, y: Optional[torch.Tensor]):
-    return y if unwrap(model).num_classes else None
+    """y for a conditional network (labels, or caption tokens for a text model), else None."""
+    net = unwrap(model)
+    return y if (net.num_classes or getattr(net, "text", None) is not None) else None
+
+
+def training_condition(model, batch: dict, drop: torch.Tensor, p: float) -> Optional[torch.Tensor]:
+    """A conditional network's y for a training batch: its labels, or its captions as tokens (text models), each
+    replaced by the null condition (null class, empty caption) when its uniform ``drop`` is below ``p`` (condition
+    dropout for classifier-free guidance); None for an unconditional network."""
+    net = unwrap(model)
+    if getattr(net, "text", None) is not None:
+        if "text" not in batch:
+            raise ValueError("a text-conditional model needs captions: the batch has none")
+        tokens = net.text.tokenizer.encode(batch["text"]).to(batch["x"].device)
+        return torch.where((drop < p)[:, None], net.null_like(tokens), tokens) if p > 0 else tokens
+    return drop_labels(batch.get("y") if net.num_classes else None, drop, p, net.num_classes)

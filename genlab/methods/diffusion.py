@@ -3,6 +3,11 @@
 Training follows DDPM algorithm 1 (Ho et al. 2020) with the target chosen among eps (DDPM eq. 14), x0 and v
 (Salimans & Ho 2022), and an optional min-SNR-gamma weighting (Hang et al. 2023, eq. 8-10) that balances
 timesteps. Sampling goes through the samplers of :mod:`genlab.diffusion.samplers` with per-sample seeds.
+
+Conditions: class labels or captions (``y``, dropped to the null condition with probability
+``diffusion.cond_drop`` for classifier-free guidance), and conditioning images concatenated to x_t
+(:mod:`genlab.diffusion.conditioning`): a low-resolution image (upsampler) or a mask and masked image (GLIDE
+inpainting model).
 """
 from __future__ import annotations
 
@@ -13,11 +18,12 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..diffusion import CountingDenoiser, Denoiser, PerSampleNoise, Schedule, get_sampler
+from ..diffusion import conditioning as imc
 from ..diffusion.samplers import sampler_options
 from ..diffusion.process import q_sample, target
 from ..nn import UNet
 from ..rng import StepRNG
-from .categorical import check_sample_options, drop_labels, known_pixels, square_shape
+from .categorical import check_sample_options, known_pixels, square_shape, training_condition
 
 
 def snr_weight(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
@@ -36,7 +42,7 @@ def snr_weight(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor
 class DiffusionMethod:
     name = "diffusion"
     sample_options = ("sampler", "steps", "eta", "spacing", "variance", "guidance", "classifier",
-                      "classifier_scale", "known", "known_mask")
+                      "classifier_scale", "known", "known_mask", "resample", "lowres", "lowres_t")
 
     def __init__(self, cfg: Config):
         d = cfg.diffusion
@@ -47,13 +53,41 @@ class DiffusionMethod:
         self.prediction = d.prediction
 
     # ------------------------------------------------------------------ model
-    def build_model(self, shape: tuple[int, int, int], num_classes: int = 0, levels: int = 256) -> torch.nn.Module:
+    def build_model(self, shape: tuple[int, int, int], num_classes: int = 0, levels: int = 256,
+                    vocab: Optional[dict] = None) -> torch.nn.Module:
+        """vocab: the tokenizer of a text-conditional model (``Tokenizer.to_dict()``, saved with the run)."""
+        from ..nn.text import build_text_encoder
+
         m = self.cfg.model
         c, h = square_shape(shape)
         self.levels = levels
-        return UNet(in_channels=c, image_size=h, width=m.width, channel_mults=tuple(m.channel_mults),
-                    num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
-                    num_heads=m.num_heads, dropout=m.dropout, num_classes=num_classes if m.class_cond else 0)
+        if m.image_cond == "lowres" and not 2 <= m.lowres_size < h:
+            raise ValueError(f"model.lowres_size={m.lowres_size} must be smaller than the image side {h}")
+        text = build_text_encoder(m, vocab) if m.text_cond else None
+        return UNet(in_channels=c + imc.extra_channels(m.image_cond, c), out_channels=c, image_size=h,
+                    width=m.width, channel_mults=tuple(m.channel_mults), num_res_blocks=m.num_res_blocks,
+                    attn_resolutions=tuple(m.attn_resolutions), num_heads=m.num_heads, dropout=m.dropout,
+                    num_classes=num_classes if m.class_cond else 0, text_encoder=text)
+
+    def condition(self, model, batch: dict, drop: torch.Tensor) -> Optional[torch.Tensor]:
+        """The network's y for a training batch: labels or caption tokens, each replaced by the null condition
+        when its uniform ``drop`` is below ``diffusion.cond_drop``; None for an unconditional model."""
+        return training_condition(model, batch, drop, self.cfg.diffusion.cond_drop)
+
+    def image_condition(self, x0: torch.Tensor, rng: StepRNG) -> Optional[torch.Tensor]:
+        """Extra input channels for a training batch: the noise-augmented low-res image (upsampler) or a random
+        mask with the masked image (inpainting model); None without image conditioning."""
+        m, d = self.cfg.model, self.cfg.diffusion
+        if m.image_cond == "lowres":
+            lr = imc.downsample(x0, m.lowres_size)
+            s_idx = (rng.rand() * d.lowres_aug * self.schedule.T).floor().long() - 1      # -1: no noise
+            ab = self.alphas_cumprod.to(x0.device)[s_idx.clamp(min=0)]
+            ab = torch.where(s_idx >= 0, ab, torch.ones_like(ab))
+            noise = rng.randn(*lr.shape[1:])
+            return imc.lowres_input(lr, x0.shape[-1], ab, noise, (s_idx + 1).float() / self.schedule.T)
+        if m.image_cond == "mask":
+            return imc.mask_input(x0, imc.random_masks(rng.rand(6), x0.shape[-1]))
+        return None
 
     # ------------------------------------------------------------------ training
     def loss(self, model, batch: dict, rng: StepRNG) -> torch.Tensor:
@@ -65,8 +99,10 @@ class DiffusionMethod:
         drop = rng.rand()
         ab = self.alphas_cumprod.to(x0.device)[t]
         x_t = q_sample(x0, ab, eps)
-        y = drop_labels(batch.get("y") if self.cfg.model.class_cond else None, drop, self.cfg.diffusion.cond_drop,
-                        _unwrap(model).num_classes)
+        y = self.condition(model, batch, drop)
+        extra = self.image_condition(x0, rng)
+        if extra is not None:
+            x_t = torch.cat([x_t, extra], dim=1)
         out = model(x_t, t, y) if y is not None else model(x_t, t)
         err = F.mse_loss(out.float(), target(self.prediction, x0, eps, ab), reduction="none").reshape(n, -1).mean(1)
         if self.cfg.diffusion.loss_weight == "min_snr":
@@ -84,6 +120,9 @@ class DiffusionMethod:
         from ..diffusion.likelihood import vlb_bpd
 
         net = _unwrap(model)
+        if self.cfg.model.image_cond != "none":
+            raise ValueError(f"the likelihood bound of an image-conditioned model (model.image_cond="
+                             f"{self.cfg.model.image_cond}) needs its conditioning images; it is not computed")
         was_training = net.training
         net.eval()
         levels = levels or getattr(self, "levels", None)
@@ -100,22 +139,22 @@ class DiffusionMethod:
                  classifier=None, classifier_scale: float = 0.0):
         """The model as a denoiser callable; with labels, ``guidance`` s wraps it in classifier-free guidance
         (1: the plain conditional model) and ``classifier`` (a noise-aware ``classifier(x_t, t) -> logits``) with
-        ``classifier_scale`` in classifier guidance (0: none)."""
+        ``classifier_scale`` in classifier guidance (0: none). y: labels, or caption tokens for a text model."""
         from ..diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance
 
         clip = self.cfg.diffusion.clip_sample
-        if (guidance is not None or classifier is not None) and y is None:
-            raise ValueError("guidance needs class labels: give labels (--class / --labels) for a "
-                             "class-conditional model")
         net = _unwrap(model)
+        if (guidance is not None or classifier is not None) and y is None:
+            raise ValueError("guidance needs a condition: give a prompt (--prompt) for a text-conditional model, "
+                             "labels (--class / --labels) for a class-conditional one")
         if guidance is not None and guidance != 1.0:
-            if not net.num_classes:
-                raise ValueError("classifier-free guidance needs a class-conditional model (model.class_cond=true, "
-                                 "trained with diffusion.cond_drop > 0)")
-            den = ClassifierFreeGuidance(model, self.schedule, self.prediction, y, net.num_classes, guidance,
+            if not net.conditional:
+                raise ValueError("classifier-free guidance needs a class- or text-conditional model "
+                                 "(model.class_cond or model.text_cond, trained with diffusion.cond_drop > 0)")
+            den = ClassifierFreeGuidance(model, self.schedule, self.prediction, y, net.null_like(y[:1]), guidance,
                                          clip=clip and classifier is None)
         else:
-            den = Denoiser(model, self.schedule, self.prediction, y=y if net.num_classes else None,
+            den = Denoiser(model, self.schedule, self.prediction, y=y if net.conditional else None,
                            clip=clip and classifier is None)
         if classifier is not None:
             den = ClassifierGuidance(den, classifier, self.schedule, y, classifier_scale, clip=clip)
@@ -132,8 +171,10 @@ class DiffusionMethod:
         Returns (images N x C x H x W on the CPU, network evaluations per sample). The callback (if given)
         receives the step info of the first batch only.
         """
-        check_sample_options(self.name, ("guidance", "classifier", "classifier_scale", "known", "known_mask"), extra)
+        check_sample_options(self.name, ("guidance", "classifier", "classifier_scale", "known", "known_mask",
+                                         "resample", "lowres", "lowres_t"), extra)
         guide = {k: extra[k] for k in ("guidance", "classifier", "classifier_scale") if k in extra}
+        m = self.cfg.model
         s = self.cfg.sample
         sampler = sampler or s.sampler
         fn = get_sampler(sampler)
@@ -144,8 +185,16 @@ class DiffusionMethod:
             raise ValueError(f"steps must be in 1..{self.schedule.T} (diffusion.timesteps), got {steps}")
         device = device or next(model.parameters()).device
         net = _unwrap(model)
-        shape = (net.in_channels, net.image_size, net.image_size)
+        shape = (net.out_channels, net.image_size, net.image_size)
         known, known_mask = known_pixels(extra, n, shape)
+        resample = int(extra.get("resample") or 1)
+        if resample < 1 or resample != extra.get("resample", 1):
+            raise ValueError(f"resample must be an integer >= 1 (RePaint repeats per step), got {extra['resample']}")
+        if resample > 1 and (known is None or sampler != "ddpm" or m.image_cond == "mask"):
+            raise ValueError("resample (RePaint) applies to inpainting by replacement with the ddpm sampler")
+        lowres = self._lowres(extra, n, shape)
+        lowres_t = imc.level_to_timestep(s.lowres_t if extra.get("lowres_t") is None else extra["lowres_t"],
+                                         self.schedule.T)
         out, nfe = [], 0
         was_training = model.training
         model.eval()
@@ -159,13 +208,32 @@ class DiffusionMethod:
             noise = PerSampleNoise(range(seed + b0, seed + b0 + b))
             x_T = noise.randn((b, *shape), device)
             yb = None if y is None else y[b0:b0 + b].to(device)
-            den = self.denoiser(model, yb, **guide)
-            if known is not None:
+            net_b = model
+            if m.image_cond == "lowres":
+                z = noise.randn((b, *lowres.shape[1:]), device)
+                ab = float(self.alphas_cumprod[lowres_t]) if lowres_t >= 0 else 1.0
+                cond = imc.lowres_input(lowres[b0:b0 + b].to(device), shape[-1], torch.full((b,), ab), z,
+                                        torch.full((b,), (lowres_t + 1) / self.schedule.T))
+                net_b = imc.WithImage(model, cond)
+            elif m.image_cond == "mask":
+                if known is None:   # nothing known: the model draws whole images
+                    cond = imc.mask_input(torch.zeros((b, *shape)), torch.zeros((b, 1, *shape[1:]), dtype=torch.bool))
+                else:
+                    cond = imc.mask_input(known[b0:b0 + b], known_mask[b0:b0 + b])
+                net_b = imc.WithImage(model, cond.to(device))
+            den = self.denoiser(net_b, yb, **guide)
+            if known is not None and m.image_cond != "mask":
                 from ..diffusion.tasks import Inpaint
 
                 den = Inpaint(den, schedule, known[b0:b0 + b].to(device), known_mask[b0:b0 + b].to(device))
             den = CountingDenoiser(den)
-            x = fn(den, x_T, schedule, steps, generator=noise, callback=callback if b0 == 0 else None, **opts)
+            cb = callback if b0 == 0 else None
+            if resample > 1:
+                from ..diffusion.tasks import repaint
+
+                x = repaint(den, x_T, schedule, steps, resample=resample, generator=noise, callback=cb, **opts)
+            else:
+                x = fn(den, x_T, schedule, steps, generator=noise, callback=cb, **opts)
             x = x.clamp(-1, 1)
             if known is not None:        # the known pixels exactly (the last x0_hat already holds them)
                 m = known_mask[b0:b0 + b].to(x.device)
@@ -174,6 +242,23 @@ class DiffusionMethod:
             nfe = den.nfe
         model.train(was_training)
         return torch.cat(out), nfe
+
+    def _lowres(self, opts: dict, n: int, shape: tuple) -> Optional[torch.Tensor]:
+        """The low-resolution images an upsampler is conditioned on, checked; None for other models."""
+        m = self.cfg.model
+        lowres = opts.get("lowres")
+        if m.image_cond != "lowres":
+            if lowres is not None or opts.get("lowres_t") is not None:
+                raise ValueError("lowres images apply to upsamplers (model.image_cond=lowres) only")
+            return None
+        if lowres is None:
+            raise ValueError("this model is an upsampler: it needs low-resolution images (lowres=, or "
+                             "genlab sample --ckpt BASE --upsampler THIS)")
+        want = (n, shape[0], m.lowres_size, m.lowres_size)
+        if not isinstance(lowres, torch.Tensor) or tuple(lowres.shape) != want:
+            got = tuple(lowres.shape) if isinstance(lowres, torch.Tensor) else type(lowres).__name__
+            raise ValueError(f"the upsampler takes low-resolution images of shape {want}; got {got}")
+        return lowres.float()
 
 
 def _unwrap(model):

@@ -141,6 +141,10 @@ class GatedPixelCNN(nn.Module):
         self.chan_hidden = ChannelMasked1x1(c, width) if c > 1 else None
         self.chan_out = ChannelMasked1x1(c, levels) if c > 1 else None
 
+    def null_like(self, y: torch.Tensor) -> torch.Tensor:
+        """The null class in the form of labels y (classifier-free guidance)."""
+        return torch.full_like(y, self.num_classes)
+
     def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         n, c, hh, ww = x.shape
         if self.num_classes > 0 and y is None:

@@ -8,6 +8,10 @@ Causal self-attention makes the output at p depend on the levels of sub-pixels <
 
 Class conditioning (num_classes > 0): an embedding with num_classes + 1 rows, the last one the "null" class used
 when y is None (classifier-free guidance, Ho & Salimans 2022), added to the input of every position.
+Text conditioning (``text_encoder``, GLIDE-style as in the UNet): y is caption tokens; the encoder's pooled state
+is added to every position's input and each block cross-attends from every position to the token states (the
+caption is given whole, so this keeps the model causal in the pixels). The sampling cache holds the caption's
+states, computed once.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ class KVCache:
     k: List[torch.Tensor]
     v: List[torch.Tensor]
     pos: int = 0
+    ctx: Optional[tuple] = None      # a text model's (pooled bias, token states, padding), set at position 0
 
 
 class CausalSelfAttention(nn.Module):
@@ -64,23 +69,49 @@ class CausalSelfAttention(nn.Module):
         return self.merge(F.scaled_dot_product_attention(q, k_cache[:, :, :p + 1], v_cache[:, :, :p + 1]))
 
 
-class Block(nn.Module):
-    """Pre-LN transformer block (GPT-2): x + attn(ln(x)), then x + mlp(ln(x)) with a 4x GELU MLP."""
+class CrossAttention(nn.Module):
+    """Every position attends to a caption's token states (padding masked out)."""
 
-    def __init__(self, width: int, heads: int, dropout: float = 0.0):
+    def __init__(self, width: int, heads: int, ctx_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(ctx_dim, 2 * width)
+        self.proj = nn.Linear(width, width)
+        self.resid_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, states: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        n, t, w = x.shape
+        q = self.q(x).view(n, t, self.heads, -1).transpose(1, 2)
+        k, v = self.kv(states).view(n, states.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=~pad[:, None, None, :])
+        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(n, t, w)))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block (GPT-2): x + attn(ln(x)), [x + cross_attn(ln(x), caption)], then x + mlp(ln(x))
+    with a 4x GELU MLP."""
+
+    def __init__(self, width: int, heads: int, dropout: float = 0.0, ctx_dim: int = 0):
         super().__init__()
         self.ln1 = nn.LayerNorm(width)
         self.attn = CausalSelfAttention(width, heads, dropout)
+        self.ln_x = nn.LayerNorm(width) if ctx_dim else None
+        self.xattn = CrossAttention(width, heads, ctx_dim, dropout) if ctx_dim else None
         self.ln2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width),
                                  nn.Dropout(dropout))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))
+        if self.xattn is not None:
+            x = x + self.xattn(self.ln_x(x), *ctx)
         return x + self.mlp(self.ln2(x))
 
-    def step(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, p: int) -> torch.Tensor:
+    def step(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, p: int, ctx=None) -> torch.Tensor:
         x = x + self.attn.step(self.ln1(x), k_cache, v_cache, p)
+        if self.xattn is not None:
+            x = x + self.xattn(self.ln_x(x), *ctx)
         return x + self.mlp(self.ln2(x))
 
 
@@ -90,8 +121,11 @@ class PixelTransformer(nn.Module):
     the next sub-pixel, equal to the full forward's at that position."""
 
     def __init__(self, in_channels: int = 1, image_size: int = 8, levels: int = 17, width: int = 128,
-                 layers: int = 4, heads: int = 4, dropout: float = 0.0, num_classes: int = 0):
+                 layers: int = 4, heads: int = 4, dropout: float = 0.0, num_classes: int = 0,
+                 text_encoder: Optional[nn.Module] = None):
         super().__init__()
+        if num_classes and text_encoder is not None:
+            raise ValueError("a transformer is conditioned on class labels or on captions, not both")
         self.in_channels, self.image_size, self.levels, self.num_classes = in_channels, image_size, levels, num_classes
         self.seq_len = in_channels * image_size * image_size
         self.width, self.heads = width, heads
@@ -100,7 +134,8 @@ class PixelTransformer(nn.Module):
         self.pos_emb = nn.Parameter(torch.zeros(self.seq_len, width))
         self.class_emb = nn.Embedding(num_classes + 1, width) if num_classes > 0 else None
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(width, heads, dropout) for _ in range(layers))
+        ctx = text_encoder.width if text_encoder is not None else 0
+        self.blocks = nn.ModuleList(Block(width, heads, dropout, ctx) for _ in range(layers))
         self.ln_f = nn.LayerNorm(width)
         self.head = nn.Linear(width, levels)
 
@@ -108,9 +143,29 @@ class PixelTransformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("bias"):
                 nn.init.zeros_(p)
-            elif "ln" not in name:
+            elif "ln" not in name and not name.startswith("text."):
                 std = 0.02 / math.sqrt(2 * layers) if name.endswith(("attn.proj.weight", "mlp.2.weight")) else 0.02
                 nn.init.normal_(p, std=std)
+        # after the init loop: the text encoder keeps its own initialization
+        self.text = text_encoder
+        self.text_pool = nn.Linear(ctx, width) if ctx else None
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.num_classes) or self.text is not None
+
+    def null_like(self, y: torch.Tensor) -> torch.Tensor:
+        """The null condition in the form of y: the null class, or the empty caption's tokens."""
+        if self.text is not None:
+            return self.text.tokenizer.null(y.shape[0]).to(y.device)
+        return torch.full_like(y, self.num_classes)
+
+    def caption(self, y: Optional[torch.Tensor], n: int, device):
+        """(pooled bias (n, width), token states, padding) of caption tokens y (the empty caption when None)."""
+        if y is None:
+            y = self.text.tokenizer.null(n)
+        states, pooled, pad = self.text(y.to(device))
+        return self.text_pool(pooled), states, pad
 
     def to_levels(self, x: torch.Tensor) -> torch.Tensor:
         """Model-space floats in [-1, 1] to integer levels 0..L-1."""
@@ -127,11 +182,15 @@ class PixelTransformer(nn.Module):
         seq = self.to_levels(x).permute(0, 2, 3, 1).reshape(n, self.seq_len)  # position (i*W + j)*C + c
         tok = torch.cat([self.start.expand(n, 1, -1), self.tok_emb(seq[:, :-1])], dim=1)  # shifted right by one
         h = tok + self.pos_emb
+        ctx = None
         if self.class_emb is not None:
             h = h + self.class_bias(y, n, x.device)[:, None]
+        elif self.text is not None:
+            bias, states, pad = self.caption(y, n, x.device)
+            h, ctx = h + bias[:, None], (states, pad)
         h = self.drop(h)
         for block in self.blocks:
-            h = block(h)
+            h = block(h, ctx)
         logits = self.head(self.ln_f(h))  # n, D, L
         return logits.view(n, hh, ww, c, self.levels).permute(0, 3, 4, 1, 2)
 
@@ -153,10 +212,15 @@ class PixelTransformer(nn.Module):
         n, device = cache.k[0].shape[0], cache.k[0].device
         tok = self.start.expand(n, -1) if p == 0 else self.tok_emb(prev_level.to(device))
         h = tok + self.pos_emb[p]
+        ctx = None
         if self.class_emb is not None:
             h = h + self.class_bias(y, n, device)
+        elif self.text is not None:
+            if cache.ctx is None:       # the caption's states, once per sequence
+                cache.ctx = self.caption(y, n, device)
+            h, ctx = h + cache.ctx[0], cache.ctx[1:]
         h = self.drop(h)[:, None]
         for block, k, v in zip(self.blocks, cache.k, cache.v):
-            h = block.step(h, k, v, p)
+            h = block.step(h, k, v, p, ctx)
         cache.pos = p + 1
         return self.head(self.ln_f(h))[:, 0]

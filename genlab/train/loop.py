@@ -221,6 +221,9 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
     ddp_model = DDP(model) if info.enabled else model
     data_info = {"shape": list(train_ds.shape), "num_classes": train_ds.num_classes, "levels": train_ds.levels,
                  "class_names": list(train_ds.class_names), "name": train_ds.name}
+    tokenizer = getattr(getattr(model, "text", None), "tokenizer", None)
+    if tokenizer is not None and hasattr(tokenizer, "to_dict"):     # a text model's vocabulary goes with it
+        data_info["vocab"] = tokenizer.to_dict()
     metrics_path = run_dir / "metrics.jsonl"
 
     def done() -> bool:
