@@ -350,3 +350,38 @@ def test_no_warnings_for_clean_loads(folder):
         warnings.simplefilter("error")
         load_dataset("digits", "train")
         load_dataset("folder", "train", root=folder, image_size=8)
+
+
+def test_folder_captions_from_csv_and_txt(folder, tmp_path):
+    rel = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix.lower() in
+                 (".png", ".jpg", ".jpeg"))
+    lines = ["file,caption"] + [f'{r},"{r.split("/")[0]}, number {i}"' for i, r in enumerate(rel)]
+    (folder / "captions.csv").write_text("\n".join(lines) + "\n")
+    full = load_dataset("folder", "train+val", root=folder, image_size=8, labels=True)
+    assert sorted(full.captions) == sorted(f"{r.split('/')[0]}, number {i}" for i, r in enumerate(rel))
+    assert [c.split(",")[0] for c in full.captions] == [full.class_names[int(y)] for y in full.y]  # follow images
+    b = full.batch(torch.tensor([0, 3]))
+    assert b["text"] == [full.captions[0], full.captions[3]]
+    val = load_dataset("folder", "val", root=folder, image_size=8, val_size=3)
+    assert len(val.captions) == 3 and set(val.captions) <= set(full.captions)
+    (folder / "captions.csv").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(ValueError, match=r"1 image\(s\) have no caption in .*captions.csv"):
+        load_dataset("folder", "train+val", root=folder, image_size=8)
+    (folder / "captions.csv").write_text("file,caption\na,b,c\n")
+    with pytest.raises(ValueError, match="line 2: expected 2 columns"):
+        load_dataset("folder", "train+val", root=folder, image_size=8)
+    (folder / "captions.csv").unlink()
+
+    root = tmp_path / "txt"
+    for i in range(3):
+        save(root / f"im{i}.png", (8, 8))
+        (root / f"im{i}.txt").write_text(f"  caption {i}\n")
+    assert sorted(load_dataset("folder", "train+val", root=root, image_size=8).captions) == [f"caption {i}" for i in range(3)]
+    (root / "im1.txt").unlink()
+    with pytest.raises(ValueError, match=r"im1.png has none \(expected .*im1.txt\)"):
+        load_dataset("folder", "train+val", root=root, image_size=8)
+    (root / "im1.txt").write_text("x")
+    (root / "captions.csv").write_text("im0.png,a\n")
+    with pytest.raises(ValueError, match="both captions.csv and per-image .txt captions"):
+        load_dataset("folder", "train+val", root=root, image_size=8)
+    assert load_dataset("folder", "train+val", root=folder, image_size=8).captions is None

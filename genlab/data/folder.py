@@ -1,7 +1,10 @@
-"""A directory of your own images (.png/.jpg/.jpeg, searched recursively)."""
+"""A directory of your own images (.png/.jpg/.jpeg, searched recursively), optionally with class labels (the
+first sub-folder) and captions: a ``captions.csv`` at the root (columns ``file,caption``, file paths relative to
+the root) or one ``.txt`` file next to each image with the same stem (``cat.png`` + ``cat.txt``)."""
 
 from __future__ import annotations
 
+import csv
 import warnings
 from pathlib import Path
 
@@ -42,6 +45,49 @@ def load_image(path: Path, image_size: int, mode: str) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
+CAPTIONS_CSV = "captions.csv"
+
+
+def find_captions(root: Path, files: list[Path]) -> list[str] | None:
+    """One caption per file from ``root/captions.csv`` or sibling ``.txt`` files; None when there are neither.
+    Every image needs a caption once any is given (a ValueError names the first one without)."""
+    table = root / CAPTIONS_CSV
+    txts = [p.with_suffix(".txt") for p in files]
+    has_txt = [p.is_file() for p in txts]
+    if table.is_file():
+        if any(has_txt):
+            raise ValueError(f"{root} has both {CAPTIONS_CSV} and per-image .txt captions; keep one of the two")
+        with open(table, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        if rows and [c.strip().lower() for c in rows[0][:2]] == ["file", "caption"]:
+            rows = rows[1:]
+        caps = {}
+        for k, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            if len(row) != 2:
+                raise ValueError(f"{table} line {k}: expected 2 columns (file,caption), got {len(row)}; quote "
+                                 "captions that contain commas")
+            caps[Path(row[0].strip()).as_posix()] = row[1].strip()
+        rel = [p.relative_to(root).as_posix() for p in files]
+        missing = [r for r in rel if r not in caps]
+        if missing:
+            raise ValueError(f"{len(missing)} image(s) have no caption in {table} (e.g. {missing[0]}); add a "
+                             "row 'file,caption' for each image")
+        unused = set(caps) - set(rel)
+        if unused:
+            warnings.warn(f"{table} names {len(unused)} file(s) that are not images here (e.g. {sorted(unused)[0]})",
+                          stacklevel=3)
+        return [caps[r] for r in rel]
+    if not any(has_txt):
+        return None
+    if not all(has_txt):
+        i = has_txt.index(False)
+        raise ValueError(f"{sum(has_txt)} image(s) under {root} have a .txt caption but {files[i]} has none "
+                         f"(expected {txts[i]}); give every image a caption, or use {CAPTIONS_CSV}")
+    return [p.read_text(encoding="utf-8").strip() for p in txts]
+
+
 def load_folder_dataset(
     split: str,
     *,
@@ -59,7 +105,7 @@ def load_folder_dataset(
     The split is made over the sorted list of files found: "val" is the last ``val_size``
     (default 10% of the files, 0 under 10 files) of ``default_rng(seed).permutation(N)``,
     "train" the rest.  Folders have no test split.  With ``labels=True`` each image's class is
-    its first sub-folder under ``root``.
+    its first sub-folder under ``root``. Captions (see the module docstring) come along when present.
     """
     if split == "test":
         raise ValueError(
@@ -104,6 +150,7 @@ def load_folder_dataset(
         index = {name: i for i, name in enumerate(class_names)}
         targets = np.array([index[parts[0]] for parts in top], dtype=np.int64)
 
+    captions = find_captions(root, files)
     n = len(files)
     if val_size is None:
         val_size = n // 10
@@ -138,8 +185,9 @@ def load_folder_dataset(
     levels = 256
     if binarize:
         x, levels = binarize_levels(x, levels), 2
+    caps = [captions[i] for i in kept] if captions is not None else None
     if targets is not None:
         y = torch.from_numpy(targets[np.asarray(kept, dtype=np.int64)])
-        return ImageDataset(x, y, levels, len(class_names), class_names, "folder")
-    return ImageDataset(x, None, levels, 0, [], "folder")
+        return ImageDataset(x, y, levels, len(class_names), class_names, "folder", caps)
+    return ImageDataset(x, None, levels, 0, [], "folder", caps)
 
