@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: demo test install dev bench bench-b2 bench-env clean docs
+.PHONY: demo test install dev bench bench-b2 bench-b4 bench-env clean docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,10 @@ bench-b2: $(BIN)/python $(VENV)/.installed
 	mkdir -p bench_out
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/ar_cache.py --json bench_out/ar_cache.json
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/b2_digits.py --copy-docs
+
+# make bench-b4: conditioning and guidance (7 models, 47 min of training, about 75 min in all; resumable)
+bench-b4: $(BIN)/python $(VENV)/.installed
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/b4_guidance.py --copy-docs
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info

@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import sys
@@ -40,7 +39,7 @@ def load_data(cfg: Config, split: str):
     d = cfg.data
     return load_dataset(d.name, split, root=d.root, image_size=d.image_size, channels=d.channels,
                         labels=d.labels or None, on_bad_image=d.on_bad_image, val_size=d.val_size,
-                        binarize=d.binarize, seed=d.split_seed)
+                        binarize=d.binarize, seed=d.split_seed, captions_required=cfg.model.text_cond)
 
 
 def prepare_run_dir(name: str, *, runs_root=None, resume=False, force=False) -> Path:
@@ -110,7 +109,8 @@ def train(config: Union[str, Config, None] = None, overrides: Sequence[str] = ()
     method = get_method(cfg)
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every process
     model = method.build_model(train_ds.shape, train_ds.num_classes, levels=train_ds.levels,
-                               **text_kwargs(cfg, train_ds))
+                               **text_kwargs(cfg, train_ds, val_ds))
+    check_captions(model, train_ds, val_ds)
     run_dir = prepare_run_dir(name, runs_root=runs_root, resume=resume, force=force)
     if _rank() == 0:
         print(f"run directory: {run_dir}", file=sys.stderr)
@@ -126,8 +126,9 @@ def train(config: Union[str, Config, None] = None, overrides: Sequence[str] = ()
                       resume=resume, callbacks=tuple(callbacks), progress=progress)
 
 
-def text_kwargs(cfg: Config, ds) -> dict:
-    """build_model's vocabulary argument for a text-conditional model: the words of the training captions."""
+def text_kwargs(cfg: Config, ds, val_ds=None) -> dict:
+    """build_model's vocabulary argument for a text-conditional model: the words of the training and validation
+    captions (so validation never meets an unknown word)."""
     if not cfg.model.text_cond:
         return {}
     if ds.captions is None:
@@ -137,7 +138,19 @@ def text_kwargs(cfg: Config, ds) -> dict:
         return {}
     from .nn.text import Tokenizer
 
-    return {"vocab": Tokenizer.from_captions(ds.captions, cfg.model.text_max_len or None).to_dict()}
+    caps = list(ds.captions) + list(val_ds.captions or [] if val_ds is not None else [])
+    return {"vocab": Tokenizer.from_captions(caps, cfg.model.text_max_len or None).to_dict()}
+
+
+def check_captions(model, *datasets) -> None:
+    """Encode every caption once before training, so a caption the text encoder cannot read (too long for a
+    frozen encoder's max length) stops the run at the start with its text, not at a random step."""
+    text = getattr(getattr(model, "module", model), "text", None)
+    if text is None:
+        return
+    for ds in datasets:
+        if ds is not None and ds.captions:
+            text.tokenizer.encode(ds.captions)
 
 
 def _training_condition(ctx: Context, n: int) -> dict:
@@ -241,7 +254,8 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
            device: str = "auto", progress: bool = True, temperature: Optional[float] = None,
            top_k: Optional[int] = None, k: Optional[int] = None, order: Optional[str] = None,
            guidance: Optional[float] = None, classifier=None, classifier_scale: Optional[float] = None,
-           prompt: Union[str, Sequence[str], None] = None, upsampler=None, lowres_t: Optional[float] = None):
+           prompt: Union[str, Sequence[str], None] = None, upsampler=None, lowres_t: Optional[float] = None,
+           nrow: Optional[int] = None):
     """Draw n samples from a checkpoint. Sample i uses seed + i alone (reproducible by itself).
 
     out: ``*.png`` a grid; ``*.npy`` a uint8 array of dataset levels (N, C, H, W); a directory (ending in / or
@@ -254,10 +268,11 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
     ``classifier``: a noise-aware classifier run (``method: classifier``, same diffusion schedule) for classifier
     guidance with ``classifier_scale`` (default 1; 0 = none); it also works for an unconditional generator.
     ``labels``: one label per sample, or a single label for all of them.
-    ``prompt``: a caption, or several (for a text-conditional model): with P prompts, samples come in P equal
-    blocks (rows of the grid), block j asking for prompt j; no prompt draws unconditional samples.
+    ``prompt``: a caption, or several (for a text-conditional model): with P prompts, sample i asks for prompt
+    i * P // n (P blocks; one grid row each when P divides n); no prompt draws unconditional samples.
     ``upsampler``: a super-resolution run (``model.image_cond=lowres``) applied to the samples (a cascade);
     ``lowres_t`` its conditioning noise level (fraction of T; default its sample.lowres_t).
+    ``nrow``: images per row of a PNG grid (default: one row per prompt, else square).
     Returns (images in [-1, 1] quantized to the dataset's levels, network evaluations per sample, output path).
     """
     from .methods.categorical import check_sample_options
@@ -293,10 +308,14 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
     if y is None and (guidance is not None and guidance != 1.0):
         raise ValueError("guidance needs a condition: give a prompt (--prompt) for a text-conditional model, "
                          "labels (--class / --labels) for a class-conditional one")
-    nrow = None
-    if prompt is not None and not isinstance(prompt, str) and len(prompt) > 1:
-        nrow = math.ceil(n / len(prompt))
+    if nrow is not None and nrow < 1:
+        raise ValueError(f"nrow must be >= 1, got {nrow}")
+    if nrow is None and prompt is not None and not isinstance(prompt, str) and len(prompt) > 1 \
+            and n % len(prompt) == 0:      # one grid row per prompt when they divide the samples evenly
+        nrow = n // len(prompt)
     if process:
+        if upsampler is not None:
+            raise ValueError("--process draws the base model's process; leave out --upsampler")
         path = Path(out or "process.png")
         if path.suffix.lower() != ".png":
             raise ValueError(f"--process writes a PNG picture; got --out {path}")
@@ -331,7 +350,7 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
 
 def prompt_tokens(model, prompt, n: int) -> Optional[torch.Tensor]:
     """Caption tokens (n, L) for a text-conditional model: one prompt for all, or P prompts in P equal blocks
-    (sample i asks for prompt i // ceil(n / P)); None without a prompt (unconditional samples)."""
+    (sample i asks for prompt i * P // n); None without a prompt (unconditional samples)."""
     if prompt is None:
         return None
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -339,8 +358,7 @@ def prompt_tokens(model, prompt, n: int) -> Optional[torch.Tensor]:
         return None
     if len(prompts) > n:
         raise ValueError(f"{len(prompts)} prompts for {n} samples: ask for at least one sample per prompt (--n)")
-    per = math.ceil(n / len(prompts))
-    return model.text.tokenizer.encode([prompts[i // per] for i in range(n)])
+    return model.text.tokenizer.encode([prompts[i * len(prompts) // n] for i in range(n)])
 
 
 def upsample(ckpt, lowres: torch.Tensor, *, seed: int = 0, batch_size: int = 256, device: str = "auto",
@@ -406,6 +424,8 @@ def inpaint(ckpt, image, mask, *, n: int = 4, out=None, seed: int = 0, which: st
         raise ValueError(f"mask {mask} has no white pixel: nothing to generate")
     opts = {k: v for k, v in opts.items() if v is not None}
     if cfg.model.text_cond:
+        if labels is not None:
+            raise ValueError("this model is text-conditional: ask with --prompt \"a red circle ...\", not --class")
         y = prompt_tokens(model, prompt, n)
     elif prompt is not None:
         raise ValueError("--prompt needs a text-conditional model (model.text_cond=true)")

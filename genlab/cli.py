@@ -59,6 +59,7 @@ def _add_sample(sub):
                    help="caption for a text-conditional model; repeat for several (one grid row each)")
     p.add_argument("--upsampler", default=None,
                    help="super-resolution run (model.image_cond=lowres) applied to the samples: a cascade")
+    p.add_argument("--nrow", type=int, default=None, help="images per grid row [one row per prompt, else square]")
     p.add_argument("--lowres-t", type=float, default=None,
                    help="noise level of the upsampler's low-res input, fraction of T [its sample.lowres_t]")
     p.add_argument("--which", choices=["latest", "best"], default="latest", help="checkpoint of a run [latest]")
@@ -256,6 +257,7 @@ def main(argv=None) -> int:
                                       use_ema=not args.raw, device=args.device, guidance=args.guidance,
                                       classifier=args.classifier, classifier_scale=args.classifier_scale,
                                       prompt=args.prompt, upsampler=args.upsampler, lowres_t=args.lowres_t,
+                                      nrow=args.nrow,
                                       **_discrete_opts(args))
             print(f"wrote {path} ({nfe} network evaluations per sample)")
         elif args.command == "demo":

@@ -236,6 +236,12 @@ def validate(cfg: Config) -> None:
                           f"{m.num_heads}, model.text_layers >= 0")
     if m.text_max_len < 0 or m.text_max_len == 1:
         raise ConfigError(f"model.text_max_len={m.text_max_len} must be 0 (automatic) or >= 2")
+    if m.text_cond and m.text_encoder == "minilm" and m.text_max_len and not 3 <= m.text_max_len <= 512:
+        raise ConfigError(f"model.text_max_len={m.text_max_len}: the MiniLM encoder reads 3..512 tokens "
+                          "([CLS], the word pieces, [SEP]); 0 means 24")
+    if m.image_cond == "lowres" and (m.text_cond or m.class_cond):
+        raise ConfigError("an upsampler (model.image_cond=lowres) is conditioned on its low-resolution image only; "
+                          "set model.class_cond=false and model.text_cond=false")
     if m.image_cond == "lowres" and m.lowres_size < 2:
         raise ConfigError("model.image_cond=lowres needs model.lowres_size (side of the low-resolution input), "
                           f"got {m.lowres_size}")

@@ -366,10 +366,12 @@ def test_folder_captions_from_csv_and_txt(folder, tmp_path):
     assert len(val.captions) == 3 and set(val.captions) <= set(full.captions)
     (folder / "captions.csv").write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(ValueError, match=r"1 image\(s\) have no caption in .*captions.csv"):
-        load_dataset("folder", "train+val", root=folder, image_size=8)
+        load_dataset("folder", "train+val", root=folder, image_size=8, captions_required=True)
+    with pytest.warns(UserWarning, match="ignoring the captions"):        # a model without text still trains
+        assert load_dataset("folder", "train+val", root=folder, image_size=8).captions is None
     (folder / "captions.csv").write_text("file,caption\na,b,c\n")
     with pytest.raises(ValueError, match="line 2: expected 2 columns"):
-        load_dataset("folder", "train+val", root=folder, image_size=8)
+        load_dataset("folder", "train+val", root=folder, image_size=8, captions_required=True)
     (folder / "captions.csv").unlink()
 
     root = tmp_path / "txt"
@@ -379,9 +381,9 @@ def test_folder_captions_from_csv_and_txt(folder, tmp_path):
     assert sorted(load_dataset("folder", "train+val", root=root, image_size=8).captions) == [f"caption {i}" for i in range(3)]
     (root / "im1.txt").unlink()
     with pytest.raises(ValueError, match=r"im1.png has none \(expected .*im1.txt\)"):
-        load_dataset("folder", "train+val", root=root, image_size=8)
+        load_dataset("folder", "train+val", root=root, image_size=8, captions_required=True)
     (root / "im1.txt").write_text("x")
     (root / "captions.csv").write_text("im0.png,a\n")
     with pytest.raises(ValueError, match="both captions.csv and per-image .txt captions"):
-        load_dataset("folder", "train+val", root=root, image_size=8)
+        load_dataset("folder", "train+val", root=root, image_size=8, captions_required=True)
     assert load_dataset("folder", "train+val", root=folder, image_size=8).captions is None

@@ -112,6 +112,10 @@ def test_prompt_from_the_command_line(text_run, capsys):
                  "a large blue square in the bottom right", "--n", "6", "--out", str(two)]) == 0
     w, h = Image.open(two).size
     assert w > h                                                               # 2 rows of 3
+    assert main(["sample", "--ckpt", run, "--prompt", "a red circle", "--n", "3", "--nrow", "1", "--out",
+                 str(two)]) == 0
+    w, h = Image.open(two).size
+    assert h > 2 * w                                                           # one image per row
     x, _, _ = api.sample(run, n=4, prompt=["a red circle", "a blue square"], steps=2, progress=False)
     assert x.shape == (4, 3, 16, 16)
 

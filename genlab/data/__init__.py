@@ -31,6 +31,7 @@ def load_dataset(
     val_size: int | None = None,
     binarize: bool = False,
     seed: int = 0,
+    captions_required: bool = False,
 ) -> ImageDataset:
     """Load one split of a dataset into memory.
 
@@ -52,6 +53,7 @@ def load_dataset(
         val_size: size of the validation subset (defaults: digits 144, shapes 500, MNIST 5000, folder 10%).
         binarize: threshold pixels at the middle level, giving ``levels == 2``.
         seed: seed of the validation permutation (MNIST and folders; the digits and shapes splits are fixed).
+        captions_required: folders: an incomplete set of captions is an error (else a warning, no captions).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -83,4 +85,5 @@ def load_dataset(
     from .folder import load_folder_dataset
 
     return load_folder_dataset(split, root=root, image_size=image_size, channels=channels, labels=labels,
-                               on_bad_image=on_bad_image, val_size=val_size, binarize=binarize, seed=seed)
+                               on_bad_image=on_bad_image, val_size=val_size, binarize=binarize, seed=seed,
+                               captions_required=captions_required)

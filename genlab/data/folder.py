@@ -57,7 +57,7 @@ def find_captions(root: Path, files: list[Path]) -> list[str] | None:
     if table.is_file():
         if any(has_txt):
             raise ValueError(f"{root} has both {CAPTIONS_CSV} and per-image .txt captions; keep one of the two")
-        with open(table, newline="", encoding="utf-8") as f:
+        with open(table, newline="", encoding="utf-8-sig") as f:     # -sig: spreadsheets' byte-order mark
             rows = list(csv.reader(f))
         if rows and [c.strip().lower() for c in rows[0][:2]] == ["file", "caption"]:
             rows = rows[1:]
@@ -99,13 +99,15 @@ def load_folder_dataset(
     val_size: int | None = None,
     binarize: bool = False,
     seed: int = 0,
+    captions_required: bool = False,
 ) -> ImageDataset:
     """Load a split of an image folder.
 
     The split is made over the sorted list of files found: "val" is the last ``val_size``
     (default 10% of the files, 0 under 10 files) of ``default_rng(seed).permutation(N)``,
     "train" the rest.  Folders have no test split.  With ``labels=True`` each image's class is
-    its first sub-folder under ``root``. Captions (see the module docstring) come along when present.
+    its first sub-folder under ``root``. Captions (see the module docstring) come along when present; an
+    incomplete set is an error with ``captions_required`` (a text-conditional model) and a warning otherwise.
     """
     if split == "test":
         raise ValueError(
@@ -150,7 +152,13 @@ def load_folder_dataset(
         index = {name: i for i, name in enumerate(class_names)}
         targets = np.array([index[parts[0]] for parts in top], dtype=np.int64)
 
-    captions = find_captions(root, files)
+    try:
+        captions = find_captions(root, files)
+    except ValueError as e:
+        if captions_required:
+            raise
+        warnings.warn(f"ignoring the captions under {root}: {e}", stacklevel=3)   # not needed by this model
+        captions = None
     n = len(files)
     if val_size is None:
         val_size = n // 10

@@ -40,10 +40,10 @@ def lowres_input(lowres: torch.Tensor, size: int, ab_s: torch.Tensor, noise: tor
 
     lowres (N, C, h, w) in [-1, 1]; ab_s (N,) alpha_bar of the augmentation level (1: none); noise like lowres;
     level (N,) s / T in [0, 1]."""
-    ab = ab_s.view(-1, 1, 1, 1).to(lowres.dtype)
+    ab = ab_s.view(-1, 1, 1, 1).to(lowres.device, lowres.dtype)
     noisy = ab.sqrt() * lowres + (1 - ab).sqrt() * noise
     up = F.interpolate(noisy, size=(size, size), mode="bicubic", align_corners=False)
-    return torch.cat([up, level.view(-1, 1, 1, 1).to(up.dtype).expand(-1, 1, size, size)], dim=1)
+    return torch.cat([up, level.view(-1, 1, 1, 1).to(up.device, up.dtype).expand(-1, 1, size, size)], dim=1)
 
 
 def mask_input(known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -129,7 +129,7 @@ class DiffusionMethod:
         if levels is None:
             raise ValueError("the diffusion bound needs the dataset's number of levels")
         g = torch.Generator(device=x.device if x.device.type == "cuda" else "cpu").manual_seed(seed)
-        den = self.denoiser(net, y if net.num_classes else None)
+        den = self.denoiser(net, y if net.conditional else None)
         out = vlb_bpd(den, self.schedule, x, levels, variance=variance, t_samples=t_samples, generator=g)
         net.train(was_training)
         return out["bpd"]
@@ -187,14 +187,18 @@ class DiffusionMethod:
         net = _unwrap(model)
         shape = (net.out_channels, net.image_size, net.image_size)
         known, known_mask = known_pixels(extra, n, shape)
-        resample = int(extra.get("resample") or 1)
-        if resample < 1 or resample != extra.get("resample", 1):
+        given = extra.get("resample")
+        resample = 1 if given is None else int(given)
+        if resample < 1 or resample != given and given is not None:
             raise ValueError(f"resample must be an integer >= 1 (RePaint repeats per step), got {extra['resample']}")
         if resample > 1 and (known is None or sampler != "ddpm" or m.image_cond == "mask"):
             raise ValueError("resample (RePaint) applies to inpainting by replacement with the ddpm sampler")
         lowres = self._lowres(extra, n, shape)
-        lowres_t = imc.level_to_timestep(s.lowres_t if extra.get("lowres_t") is None else extra["lowres_t"],
-                                         self.schedule.T)
+        level = s.lowres_t if extra.get("lowres_t") is None else float(extra["lowres_t"])
+        if not 0.0 <= level <= 1.0:
+            raise ValueError(f"lowres_t is the upsampler's conditioning noise level as a fraction of T, in [0, 1]; "
+                             f"got {level} (trained up to diffusion.lowres_aug={self.cfg.diffusion.lowres_aug})")
+        lowres_t = imc.level_to_timestep(level, self.schedule.T)
         out, nfe = [], 0
         was_training = model.training
         model.eval()
@@ -212,8 +216,8 @@ class DiffusionMethod:
             if m.image_cond == "lowres":
                 z = noise.randn((b, *lowres.shape[1:]), device)
                 ab = float(self.alphas_cumprod[lowres_t]) if lowres_t >= 0 else 1.0
-                cond = imc.lowres_input(lowres[b0:b0 + b].to(device), shape[-1], torch.full((b,), ab), z,
-                                        torch.full((b,), (lowres_t + 1) / self.schedule.T))
+                cond = imc.lowres_input(lowres[b0:b0 + b].to(device), shape[-1], torch.full((b,), ab, device=device),
+                                        z, torch.full((b,), (lowres_t + 1) / self.schedule.T, device=device))
                 net_b = imc.WithImage(model, cond)
             elif m.image_cond == "mask":
                 if known is None:   # nothing known: the model draws whole images
@@ -236,8 +240,8 @@ class DiffusionMethod:
                 x = fn(den, x_T, schedule, steps, generator=noise, callback=cb, **opts)
             x = x.clamp(-1, 1)
             if known is not None:        # the known pixels exactly (the last x0_hat already holds them)
-                m = known_mask[b0:b0 + b].to(x.device)
-                x = torch.where(m, known[b0:b0 + b].to(x.device, x.dtype), x)
+                keep = known_mask[b0:b0 + b].to(x.device)
+                x = torch.where(keep, known[b0:b0 + b].to(x.device, x.dtype), x)
             out.append(x.cpu())
             nfe = den.nfe
         model.train(was_training)

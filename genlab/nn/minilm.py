@@ -188,6 +188,15 @@ class FrozenMiniLM(nn.Module):
     def bert(self) -> Bert:
         return self._bert[0]
 
+    def __deepcopy__(self, memo):
+        """Copies (an EMA copy of the generator) share the frozen encoder instead of duplicating 90 MB."""
+        import copy
+
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        new.__dict__ = {k: (v if k == "_bert" else copy.deepcopy(v, memo)) for k, v in self.__dict__.items()}
+        return new
+
     def _apply(self, fn, *args, **kwargs):     # .to(device) / .float() also move the frozen encoder
         self._bert[0] = self._bert[0]._apply(fn, *args, **kwargs)
         return super()._apply(fn, *args, **kwargs)
