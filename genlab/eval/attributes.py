@@ -10,7 +10,6 @@ first use in well under a minute, refused below 98% accuracy on every attribute.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -22,7 +21,7 @@ from torch import nn
 
 from ..data.base import to_model
 from ..data.shapes import ATTRIBUTES, LEVELS, VOCAB, make_shapes
-from .features import FeatureError, default_cache_dir
+from .features import FeatureError, default_cache_dir, save_net
 
 VERSION = 1
 MIN_ACCURACY = 0.98
@@ -61,8 +60,6 @@ def _batches(n: int, size: int, gen: torch.Generator):
 
 def train_attribute_net(image_size: int = 16, *, seed: int = 0, out_dir=None, log=print) -> "AttributeClassifier":
     """Train on TRAIN_IMAGES generated images (all combinations), test on TEST_IMAGES others, save, return."""
-    from safetensors.torch import save_file
-
     t0 = time.time()
     x, attrs, _ = make_shapes(TRAIN_IMAGES, image_size, seed=TRAIN_SEED)
     xt, attrs_t, _ = make_shapes(TEST_IMAGES, image_size, seed=TEST_SEED)
@@ -91,12 +88,7 @@ def train_attribute_net(image_size: int = 16, *, seed: int = 0, out_dir=None, lo
     log(f"shapes attribute classifier ({image_size}x{image_size}): test accuracy "
         + ", ".join(f"{a} {acc[a]:.4f}" for a in ATTRIBUTES) + f" (trained in {info['seconds']}s)")
     clf.check()                 # refuse before caching a classifier that cannot be trusted
-    out = Path(out_dir) if out_dir else default_cache_dir() / f"shapes{image_size}-attrs-v{VERSION}"
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".model.{os.getpid()}.tmp"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    os.replace(tmp, out / "model.safetensors")
-    (out / "info.json").write_text(json.dumps(info, indent=1))
+    save_net(net, info, Path(out_dir) if out_dir else default_cache_dir() / f"shapes{image_size}-attrs-v{VERSION}")
     return clf
 
 

@@ -106,11 +106,20 @@ def default_cache_dir() -> Path:
     return Path(base) / "featnets"
 
 
+def save_net(net: nn.Module, info: dict, out: Path) -> None:
+    """Write ``out/model.safetensors`` (atomically: a temporary file renamed) and ``out/info.json``."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".model.{os.getpid()}.tmp"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+    os.replace(tmp, out / "model.safetensors")
+    (out / "info.json").write_text(json.dumps(info, indent=1))
+
+
 def train_featnet(data: str = "digits", *, root=None, seed: int = 0, out_dir=None, log=print) -> "FeatureExtractor":
     """Train the feature network of ``data`` on its train split (train + val), deterministically, save it under
     ``out_dir`` (default: the cache) and return it. Raises FeatureError below the minimum test accuracy."""
-    from safetensors.torch import save_file
-
     if data not in SPECS:
         raise ValueError(f"no feature network for {data!r}; available: {', '.join(SPECS)}")
     spec = SPECS[data]
@@ -145,12 +154,7 @@ def train_featnet(data: str = "digits", *, root=None, seed: int = 0, out_dir=Non
             "torch": torch.__version__, "spec": asdict(spec)}
     log(f"feature network for {data}: test accuracy {acc:.4f} ({len(test)} test images, trained on the "
         f"{len(train)} train-split images in {info['seconds']}s)")
-    out = Path(out_dir) if out_dir else default_cache_dir() / f"{data}-v{VERSION}"
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".model.{os.getpid()}.tmp"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    os.replace(tmp, out / "model.safetensors")
-    (out / "info.json").write_text(json.dumps(info, indent=1))
+    save_net(net, info, Path(out_dir) if out_dir else default_cache_dir() / f"{data}-v{VERSION}")
     fx = FeatureExtractor(net.eval(), spec, info)
     fx.check()
     return fx

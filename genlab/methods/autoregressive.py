@@ -71,8 +71,7 @@ class AutoregressiveMethod(TeacherForced):
         known_x, known_mask = known_pixels(opts, n, (c, size, size))
         guidance = opts.get("guidance")
         guided = guidance is not None and float(guidance) != 1.0
-        conditional = bool(net.num_classes) or getattr(net, "text", None) is not None
-        if guided and (not conditional or y is None):
+        if guided and (not net.conditional or y is None):
             raise ValueError("classifier-free guidance needs a class- or text-conditional model (model.class_cond or "
                              "model.text_cond, trained with diffusion.cond_drop > 0) and labels or a prompt")
         out = []

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .text import Conditioned
+
 
 def down_shift(x: torch.Tensor) -> torch.Tensor:
     """Move every row one down (zeros enter at the top): row i then holds input row i - 1 (PixelCNN++)."""
@@ -109,7 +111,7 @@ class GatedLayer(nn.Module):
         return v, h if self.res is None else h + self.res(g), self.skip(g)
 
 
-class GatedPixelCNN(nn.Module):
+class GatedPixelCNN(Conditioned, nn.Module):
     """``GatedPixelCNN(x, y=None) -> logits (N, C, L, H, W)``: a categorical over the L levels of every sub-pixel,
     each conditioned on the earlier sub-pixels of x (N, C, H, W in [-1, 1]) only.
 
@@ -140,10 +142,6 @@ class GatedPixelCNN(nn.Module):
         self.head_out = nn.Conv2d(c * width, c * levels, 1, groups=c)
         self.chan_hidden = ChannelMasked1x1(c, width) if c > 1 else None
         self.chan_out = ChannelMasked1x1(c, levels) if c > 1 else None
-
-    def null_like(self, y: torch.Tensor) -> torch.Tensor:
-        """The null class in the form of labels y (classifier-free guidance)."""
-        return torch.full_like(y, self.num_classes)
 
     def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         n, c, hh, ww = x.shape

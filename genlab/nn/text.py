@@ -23,6 +23,25 @@ PAD, BOS = 0, 1
 _WORD = re.compile(r"[a-z0-9]+")
 
 
+class Conditioned:
+    """Mixin of the backbones that take a condition y: class labels when ``num_classes > 0`` (the null class is
+    ``num_classes``), or caption tokens when ``self.text`` is a text encoder (the null condition is the empty
+    caption). Used by classifier-free guidance and condition dropout. (No class-level defaults: a class
+    attribute ``text`` would hide the submodule nn.Module keeps in ``_modules``.)"""
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the network takes a condition y (labels or caption tokens)."""
+        return bool(self.num_classes) or getattr(self, "text", None) is not None
+
+    def null_like(self, y: torch.Tensor) -> torch.Tensor:
+        """The null condition in the form of y: the null class, or the empty caption's tokens."""
+        text = getattr(self, "text", None)
+        if text is not None:
+            return text.tokenizer.null(y.shape[0]).to(y.device)
+        return torch.full_like(y, self.num_classes)
+
+
 class CaptionError(ValueError):
     """A caption the model cannot read: not a string, an unknown word, or too many words."""
 

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .text import Conditioned
+
 
 @dataclass
 class KVCache:
@@ -115,7 +117,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class PixelTransformer(nn.Module):
+class PixelTransformer(Conditioned, nn.Module):
     """``PixelTransformer(x, y=None) -> logits (N, C, L, H, W)`` for x (N, C, H, W) in [-1, 1] (rounded to the L
     levels); and, for sampling, ``new_cache(n, device)`` + ``step(cache, prev_level, y)`` -> the (n, L) logits of
     the next sub-pixel, equal to the full forward's at that position."""
@@ -149,16 +151,6 @@ class PixelTransformer(nn.Module):
         # after the init loop: the text encoder keeps its own initialization
         self.text = text_encoder
         self.text_pool = nn.Linear(ctx, width) if ctx else None
-
-    @property
-    def conditional(self) -> bool:
-        return bool(self.num_classes) or self.text is not None
-
-    def null_like(self, y: torch.Tensor) -> torch.Tensor:
-        """The null condition in the form of y: the null class, or the empty caption's tokens."""
-        if self.text is not None:
-            return self.text.tokenizer.null(y.shape[0]).to(y.device)
-        return torch.full_like(y, self.num_classes)
 
     def caption(self, y: Optional[torch.Tensor], n: int, device):
         """(pooled bias (n, width), token states, padding) of caption tokens y (the empty caption when None)."""

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .text import Conditioned
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of (possibly fractional) timesteps (Vaswani et al. 2017, sec. 3.5; DDPM appendix B)."""
@@ -95,7 +97,7 @@ class Attention(nn.Module):
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
 
-class UNet(nn.Module):
+class UNet(Conditioned, nn.Module):
     """``UNet(x_t, t, y=None) -> prediction`` of the same shape as x_t (``out_channels`` channels).
 
     width: channels at full resolution; level i has width * channel_mults[i] channels and runs at
@@ -161,17 +163,6 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch, self.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
-
-    @property
-    def conditional(self) -> bool:
-        """Whether the network takes a condition y (labels or caption tokens)."""
-        return bool(self.num_classes) or self.text is not None
-
-    def null_like(self, y: torch.Tensor) -> torch.Tensor:
-        """The null condition in the form of y: the null class, or the empty caption's tokens."""
-        if self.text is not None:
-            return self.text.tokenizer.null(y.shape[0]).to(y.device)
-        return torch.full_like(y, self.num_classes)
 
     def embed(self, t: torch.Tensor, y: Optional[torch.Tensor], n: int):
         """(embedding (n, emb_dim), caption context for the attention layers or None)."""
