@@ -310,6 +310,11 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
                          "labels (--class / --labels) for a class-conditional one")
     if nrow is not None and nrow < 1:
         raise ValueError(f"nrow must be >= 1, got {nrow}")
+    if lowres_t is not None and upsampler is None:
+        raise ValueError("--lowres-t sets the upsampler's conditioning noise: it needs --upsampler UP")
+    up = None
+    if upsampler is not None:     # load and check it before spending time on the base samples
+        up = load_upsampler(upsampler, tuple(info["shape"]), device=device)
     if nrow is None and prompt is not None and not isinstance(prompt, str) and len(prompt) > 1 \
             and n % len(prompt) == 0:      # one grid row per prompt when they divide the samples evenly
         nrow = n // len(prompt)
@@ -323,12 +328,9 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
         return quantize(x, levels), nfe, path
     x, nfe = method.sample(model, n, y=y, seed=seed, batch_size=batch_size, progress=progress, **opts)
     x = quantize(x, levels)
-    if upsampler is not None:
-        x, up_nfe, levels = upsample(upsampler, x, seed=seed, batch_size=batch_size, device=device,
-                                     progress=progress, lowres_t=lowres_t)
+    if up is not None:
+        x, up_nfe, levels = upsample(up, x, seed=seed, batch_size=batch_size, progress=progress, lowres_t=lowres_t)
         nfe += up_nfe
-    elif lowres_t is not None:
-        raise ValueError("--lowres-t sets the upsampler's conditioning noise: it needs --upsampler UP")
     if out is None:
         return x, nfe, None
     path = Path(out)
@@ -361,14 +363,28 @@ def prompt_tokens(model, prompt, n: int) -> Optional[torch.Tensor]:
     return model.text.tokenizer.encode([prompts[i * len(prompts) // n] for i in range(n)])
 
 
-def upsample(ckpt, lowres: torch.Tensor, *, seed: int = 0, batch_size: int = 256, device: str = "auto",
-             progress: bool = False, lowres_t: Optional[float] = None, which: str = "latest", **opts):
-    """Super-resolve images (N, C, h, w) in [-1, 1] with an upsampler run (``model.image_cond=lowres``).
-    Returns (images in [-1, 1] quantized to the upsampler's levels, network evaluations per image, levels)."""
-    cfg, method, model, state = load_run(ckpt, which=which, device=device)
+def load_upsampler(ckpt, base_shape: Optional[tuple] = None, *, which: str = "latest", device: str = "auto"):
+    """An upsampler run (``model.image_cond=lowres``) as load_run's tuple, checked against the (C, H, W) of the
+    images it will get."""
+    run = load_run(ckpt, which=which, device=device)
+    cfg, state = run[0], run[3]
     if cfg.model.image_cond != "lowres":
         raise ValueError(f"--upsampler {ckpt} is not an upsampler (model.image_cond={cfg.model.image_cond}); "
                          "train one with model.image_cond=lowres model.lowres_size=N")
+    c, size = state["data"]["shape"][0], cfg.model.lowres_size
+    if base_shape is not None and tuple(base_shape) != (c, size, size):
+        raise ValueError(f"the upsampler takes {c}x{size}x{size} images, but the base model makes "
+                         f"{'x'.join(map(str, base_shape))}")
+    return run
+
+
+def upsample(ckpt, lowres: torch.Tensor, *, seed: int = 0, batch_size: int = 256, device: str = "auto",
+             progress: bool = False, lowres_t: Optional[float] = None, which: str = "latest", **opts):
+    """Super-resolve images (N, C, h, w) in [-1, 1] with an upsampler (a run directory, or load_upsampler's
+    tuple). Returns (images in [-1, 1] quantized to the upsampler's levels, network evaluations per image,
+    levels)."""
+    up = ckpt if isinstance(ckpt, tuple) else load_upsampler(ckpt, which=which, device=device)
+    cfg, method, model, state = up
     c, size = state["data"]["shape"][0], cfg.model.lowres_size
     if tuple(lowres.shape[1:]) != (c, size, size):
         raise ValueError(f"the upsampler takes {c}x{size}x{size} images, but the base model makes "
