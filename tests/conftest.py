@@ -19,6 +19,20 @@ TINY = ["model.width=8", "model.channel_mults=[1,2]", "model.num_res_blocks=1", 
         "train.warmup_steps=5", "train.log_every=5", "sample.steps=5", "sample.n=8"]
 
 
+def random_unet(channel_mults=(1,), std=0.3, **kw):
+    """A tiny 1-channel 8x8 UNet in eval mode, seeded with 0, whose zero-initialized output layer is drawn at
+    random so its outputs depend on x_t, t and the condition."""
+    import torch
+    from genlab.nn import UNet
+
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, image_size=8, width=8, channel_mults=channel_mults, num_res_blocks=1,
+               attn_resolutions=(), num_heads=1, **kw).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(net.conv_out.weight, std=std)
+    return net
+
+
 @pytest.fixture
 def tiny():
     return list(TINY)

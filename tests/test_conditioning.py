@@ -49,12 +49,9 @@ def test_lowres_input_and_the_bound_network():
 
 
 def test_repaint_resampling_counts_evaluations_keeps_known_pixels_and_reduces_to_ddpm():
-    from genlab.nn import UNet
+    from conftest import random_unet
 
-    torch.manual_seed(0)
-    net = UNet(in_channels=1, image_size=8, width=8, channel_mults=(1,), num_res_blocks=1, attn_resolutions=(),
-               num_heads=1).eval()
-    torch.nn.init.normal_(net.conv_out.weight, std=0.3)
+    net = random_unet()
     sched = Schedule.create("cosine", 100)
     known = torch.rand(2, 1, 8, 8) * 2 - 1
     mask = torch.zeros(2, 1, 8, 8, dtype=torch.bool)

@@ -217,14 +217,11 @@ def test_rejects_off_grid_images():
 def test_with_unet_denoiser():
     """Integration with genlab's Denoiser around a tiny random UNet (float32): finite, positive terms, and the
     Monte Carlo estimate has the same shape of output."""
-    from genlab.nn import UNet
+    from conftest import random_unet
 
-    torch.manual_seed(0)
     T = 20
     s = Schedule.create("cosine", T)
-    net = UNet(in_channels=1, image_size=8, width=8, channel_mults=(1, 2), num_res_blocks=1,
-               attn_resolutions=(), num_heads=1).eval()
-    torch.nn.init.normal_(net.conv_out.weight, std=0.1)
+    net = random_unet((1, 2), std=0.1)
     den = Denoiser(net, s, "eps")
     g = torch.Generator().manual_seed(0)
     x0 = to_model(torch.randint(0, LEVELS, (2, 1, 8, 8), generator=g), LEVELS)

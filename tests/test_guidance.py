@@ -8,16 +8,13 @@ from genlab.config import load_config
 from genlab.diffusion import CountingDenoiser, Denoiser, Schedule
 from genlab.diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance, guided_logits
 from genlab.methods import get_method
-from genlab.nn import UNet
 
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(0)
-    net = UNet(in_channels=1, image_size=8, width=8, channel_mults=(1, 2), num_res_blocks=1, attn_resolutions=(),
-               num_heads=1, num_classes=10).double().eval()
-    with torch.no_grad():
-        torch.nn.init.normal_(net.conv_out.weight, std=0.3)   # zero-initialized: make the outputs depend on y
+    from conftest import random_unet
+
+    net = random_unet((1, 2), num_classes=10).double()      # random output layer: the outputs depend on y
     sched = Schedule.create("cosine", 100)
     x = torch.randn(6, 1, 8, 8, dtype=torch.float64)
     t = torch.tensor(40)

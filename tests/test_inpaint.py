@@ -14,12 +14,9 @@ from genlab.methods import get_method
 
 
 def test_inpaint_wrapper_replaces_x0_in_the_known_region():
-    from genlab.nn import UNet
+    from conftest import random_unet
 
-    torch.manual_seed(0)
-    net = UNet(in_channels=1, image_size=8, width=8, channel_mults=(1,), num_res_blocks=1, attn_resolutions=(),
-               num_heads=1).eval()
-    torch.nn.init.normal_(net.conv_out.weight, std=0.3)
+    net = random_unet()
     sched = Schedule.create("cosine", 50)
     known = torch.rand(3, 1, 8, 8) * 2 - 1
     mask = torch.rand(3, 1, 8, 8) < 0.5

@@ -13,8 +13,6 @@ and every sampler.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -104,6 +102,11 @@ class WithImage(torch.nn.Module):
             return getattr(super().__getattr__("net"), name)
 
 
-def level_to_timestep(frac: float, T: int) -> int:
-    """A noise level given as a fraction of T, as a timestep index in 0..T-1 (negative: none)."""
-    return int(math.floor(frac * T)) - 1
+def augmentation(alphas_cumprod: torch.Tensor, frac: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conditioning-augmentation levels given as fractions of T (N,): the timestep floor(frac T) - 1 (-1: no
+    noise) as (alpha_bar (N,), 1 where no noise; level (N,) = (timestep + 1) / T, the value of the level
+    channel). The one mapping used by training (random fractions) and sampling (``sample.lowres_t``)."""
+    T = len(alphas_cumprod)
+    idx = (frac * T).floor().long() - 1
+    ab = alphas_cumprod.to(frac.device)[idx.clamp(min=0)]
+    return torch.where(idx >= 0, ab, torch.ones_like(ab)), (idx + 1).float() / T

@@ -11,14 +11,7 @@ import time
 
 import torch
 
-
-def condition_of(model, batch: dict):
-    """What a model is conditioned on for a dataset batch: caption tokens for a text model, else the labels."""
-    net = getattr(model, "module", model)
-    text = getattr(net, "text", None)
-    if text is not None:
-        return text.tokenizer.encode(batch["text"]) if "text" in batch else None
-    return batch.get("y")
+from ..methods.categorical import training_condition
 
 
 def bits_per_dim(method, model, dataset, *, batch_size: int = 256, **kw) -> dict:
@@ -34,7 +27,7 @@ def bits_per_dim(method, model, dataset, *, batch_size: int = 256, **kw) -> dict
     for b0 in range(0, len(dataset), batch_size):
         idx = torch.arange(b0, min(b0 + batch_size, len(dataset)))
         b = dataset.batch(idx)
-        y = condition_of(model, b)
+        y = training_condition(model, b, None, 0.0)      # labels, or a text model's captions as tokens
         # stochastic estimates (any-order, the diffusion bound) draw fresh randomness for every batch
         vals.append(method.log_likelihood(model, b["x"].to(dev), None if y is None else y.to(dev),
                                           seed=seed + b0, **kw).cpu())

@@ -143,13 +143,14 @@ def unwrap(model):
 def labels_or_none(model, y: Optional[torch.Tensor]):
     """y for a conditional network (labels, or caption tokens for a text model), else None."""
     net = unwrap(model)
-    return y if (net.num_classes or getattr(net, "text", None) is not None) else None
+    return y if getattr(net, "conditional", net.num_classes) else None
 
 
 def training_condition(model, batch: dict, drop: torch.Tensor, p: float) -> Optional[torch.Tensor]:
     """A conditional network's y for a training batch: its labels, or its captions as tokens (text models), each
     replaced by the null condition (null class, empty caption) when its uniform ``drop`` is below ``p`` (condition
-    dropout for classifier-free guidance); None for an unconditional network."""
+    dropout for classifier-free guidance); None for an unconditional network. With ``p = 0`` (``drop`` may be
+    None) it is the condition of an evaluation batch, e.g. for likelihoods."""
     net = unwrap(model)
     if getattr(net, "text", None) is not None:
         if "text" not in batch:

@@ -80,11 +80,9 @@ class DiffusionMethod:
         m, d = self.cfg.model, self.cfg.diffusion
         if m.image_cond == "lowres":
             lr = imc.downsample(x0, m.lowres_size)
-            s_idx = (rng.rand() * d.lowres_aug * self.schedule.T).floor().long() - 1      # -1: no noise
-            ab = self.alphas_cumprod.to(x0.device)[s_idx.clamp(min=0)]
-            ab = torch.where(s_idx >= 0, ab, torch.ones_like(ab))
+            ab, level = imc.augmentation(self.alphas_cumprod, rng.rand() * d.lowres_aug)
             noise = rng.randn(*lr.shape[1:])
-            return imc.lowres_input(lr, x0.shape[-1], ab, noise, (s_idx + 1).float() / self.schedule.T)
+            return imc.lowres_input(lr, x0.shape[-1], ab, noise, level)
         if m.image_cond == "mask":
             return imc.mask_input(x0, imc.random_masks(rng.rand(6), x0.shape[-1]))
         return None
@@ -198,7 +196,6 @@ class DiffusionMethod:
         if not 0.0 <= level <= 1.0:
             raise ValueError(f"lowres_t is the upsampler's conditioning noise level as a fraction of T, in [0, 1]; "
                              f"got {level} (trained up to diffusion.lowres_aug={self.cfg.diffusion.lowres_aug})")
-        lowres_t = imc.level_to_timestep(level, self.schedule.T)
         out, nfe = [], 0
         was_training = model.training
         model.eval()
@@ -215,9 +212,8 @@ class DiffusionMethod:
             net_b = model
             if m.image_cond == "lowres":
                 z = noise.randn((b, *lowres.shape[1:]), device)
-                ab = float(self.alphas_cumprod[lowres_t]) if lowres_t >= 0 else 1.0
-                cond = imc.lowres_input(lowres[b0:b0 + b].to(device), shape[-1], torch.full((b,), ab, device=device),
-                                        z, torch.full((b,), (lowres_t + 1) / self.schedule.T, device=device))
+                ab, lev = imc.augmentation(self.alphas_cumprod, torch.full((b,), level, device=device))
+                cond = imc.lowres_input(lowres[b0:b0 + b].to(device), shape[-1], ab, z, lev)
                 net_b = imc.WithImage(model, cond)
             elif m.image_cond == "mask":
                 if known is None:   # nothing known: the model draws whole images
