@@ -1,6 +1,12 @@
 """A directory of your own images (.png/.jpg/.jpeg, searched recursively), optionally with class labels (the
 first sub-folder) and captions: a ``captions.csv`` at the root (columns ``file,caption``, file paths relative to
-the root) or one ``.txt`` file next to each image with the same stem (``cat.png`` + ``cat.txt``)."""
+the root) or one ``.txt`` file next to each image with the same stem (``cat.png`` + ``cat.txt``).
+
+Images are read by :func:`genlab.data.images.read_image`, as evaluation and inpainting read them: 16-bit images
+are scaled to 8 bits (value / 257), alpha (RGBA, LA, transparent palettes) is composited over black, and a file
+that cannot be read (damaged, or values out of range such as a float image outside [0, 1]) is an
+:class:`~genlab.data.images.ImageReadError` naming the file and the fix, or is skipped with
+``data.on_bad_image=skip``."""
 
 from __future__ import annotations
 
@@ -10,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .base import ON_BAD_IMAGE, ImageDataset, binarize as binarize_levels, split_indices
+from .images import ImageReadError, read_image
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 MIN_IMAGE_SIZE = 4
@@ -24,16 +31,12 @@ def find_images(root: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-def load_image(path: Path, image_size: int, mode: str) -> np.ndarray:
-    """Decode one image, convert to ``mode`` ("L" or "RGB"), resize the shorter side to
-    ``image_size`` (Lanczos) and center-crop to a square.  Returns uint8 ``C x H x W``.
-
-    Raises whatever PIL raises for unreadable or truncated files.
-    """
-    with Image.open(path) as im:
-        im.load()  # decodes fully: truncated files fail here, not later
-        im = ImageOps.exif_transpose(im)
-        im = im.convert(mode)
+def load_image(path: Path, image_size: int, channels: int) -> np.ndarray:
+    """Read one image (:func:`~genlab.data.images.read_image`: ``channels`` 1 or 3, EXIF-transposed, alpha over
+    black), resize its shorter side to ``image_size`` (Lanczos) and center-crop it to a square.  Returns uint8
+    ``C x H x W``; raises ImageReadError for a file that cannot be read."""
+    arr = read_image(path, channels)
+    im = Image.fromarray(arr[0] if channels == 1 else arr.transpose(1, 2, 0))
     w, h = im.size
     scale = image_size / min(w, h)
     new_w, new_h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
@@ -165,17 +168,15 @@ def load_folder_dataset(
     order = np.random.default_rng(seed).permutation(n)
     idx = split_indices(order, split, val_size)
 
-    mode = "L" if channels == 1 else "RGB"
     arrays, kept, bad = [], [], []
     for i in idx:
         try:
-            arrays.append(load_image(files[i], image_size, mode))
+            arrays.append(load_image(files[i], image_size, channels))
             kept.append(i)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        except (ImageReadError, FileNotFoundError) as e:   # FileNotFoundError: deleted since it was listed
             if on_bad_image == "error":
-                raise ValueError(
-                    f"cannot read image {files[i]}: {e}. Fix or delete it, or set data.on_bad_image=skip to skip unreadable images"
-                ) from e
+                msg = str(e) if isinstance(e, ImageReadError) else f"cannot read image {files[i]}: {e}"
+                raise ImageReadError(f"{msg}; or set data.on_bad_image=skip to skip unreadable images") from e
             bad.append(files[i])
     if bad:
         shown = ", ".join(str(p.relative_to(root)) for p in bad[:5])

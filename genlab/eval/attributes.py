@@ -9,7 +9,6 @@ first use in well under a minute, refused below 98% accuracy on every attribute.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -21,7 +20,8 @@ from torch import nn
 
 from ..data.base import to_model
 from ..data.shapes import ATTRIBUTES, LEVELS, VOCAB, make_shapes
-from .features import FeatureError, default_cache_dir, save_net
+from .features import (CacheUnreadable, FeatureError, cache_present, default_cache_dir, load_cached_net,
+                       save_net)
 
 VERSION = 1
 MIN_ACCURACY = 0.98
@@ -131,15 +131,20 @@ class AttributeClassifier:
 
 
 def load_attribute_classifier(image_size: int = 16, *, cache_dir=None, log=print) -> AttributeClassifier:
-    """The cached attribute classifier for shapes at ``image_size`` (trained on first use)."""
-    from safetensors.torch import load_file
-
+    """The cached attribute classifier for shapes at ``image_size`` (trained on first use; a cache that exists
+    but cannot be read is rebuilt in place, saying so)."""
     d = Path(cache_dir) if cache_dir else default_cache_dir() / f"shapes{image_size}-attrs-v{VERSION}"
-    if not (d / "model.safetensors").exists():
+    if not cache_present(d):
         return train_attribute_net(image_size, out_dir=d, log=log)
     net = AttributeNet()
-    net.load_state_dict(load_file(str(d / "model.safetensors")))
-    clf = AttributeClassifier(net.eval(), json.loads((d / "info.json").read_text()))
+    try:
+        info = load_cached_net(d, net, ("image_size", "test_accuracy"))
+        if not isinstance(info["test_accuracy"], dict):
+            raise CacheUnreadable(f"info.json has test_accuracy {info['test_accuracy']!r}, not one per attribute")
+    except CacheUnreadable as e:
+        log(f"the cached shapes attribute classifier in {d} cannot be read ({e}); rebuilding it")
+        return train_attribute_net(image_size, out_dir=d, log=log)
+    clf = AttributeClassifier(net.eval(), info)
     clf.check()
     return clf
 

@@ -107,14 +107,49 @@ def default_cache_dir() -> Path:
 
 
 def save_net(net: nn.Module, info: dict, out: Path) -> None:
-    """Write ``out/model.safetensors`` (atomically: a temporary file renamed) and ``out/info.json``."""
+    """Write ``out/model.safetensors`` and then ``out/info.json``, each atomically (a temporary file renamed)."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".model.{os.getpid()}.tmp"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
     os.replace(tmp, out / "model.safetensors")
-    (out / "info.json").write_text(json.dumps(info, indent=1))
+    tmp = out / f".info.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, out / "info.json")
+
+
+class CacheUnreadable(Exception):
+    """A cached network whose files exist but cannot be used; the message says why."""
+
+
+def cache_present(d: Path) -> bool:
+    """Whether ``d`` holds any file of a cached network (a complete or a damaged one)."""
+    return (d / "model.safetensors").exists() or (d / "info.json").exists()
+
+
+def load_cached_net(d: Path, net: nn.Module, required: tuple[str, ...]) -> dict:
+    """Load ``d/model.safetensors`` into ``net`` and return ``d/info.json``, which must hold the ``required``
+    keys; CacheUnreadable (saying which file and why) when either file is missing, damaged or does not fit."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(d / "model.safetensors"))
+    except (SafetensorError, OSError) as e:
+        raise CacheUnreadable(f"model.safetensors: {e}") from None
+    try:
+        net.load_state_dict(tensors)
+    except RuntimeError as e:            # missing, unexpected or mis-shaped tensors
+        raise CacheUnreadable("model.safetensors does not match the network: " + str(e).splitlines()[0]) from None
+    try:
+        info = json.loads((d / "info.json").read_text())
+    except (OSError, ValueError) as e:    # ValueError: JSON or UTF-8 that does not decode
+        raise CacheUnreadable(f"info.json: {e}") from None
+    missing = [k for k in required if not isinstance(info, dict) or k not in info]
+    if missing:
+        raise CacheUnreadable(f"info.json lacks {', '.join(missing)}")
+    return info
 
 
 def train_featnet(data: str = "digits", *, root=None, seed: int = 0, out_dir=None, log=print) -> "FeatureExtractor":
@@ -196,20 +231,25 @@ class FeatureExtractor:
 def load_featnet(data: str = "digits", *, cache_dir=None, build: Optional[bool] = None, root=None,
                  log=print) -> FeatureExtractor:
     """The cached feature network of ``data``; digits' is trained on first use (seconds), others must be built
-    with ``genlab featnet train --data NAME``. Loading reads safetensors only."""
-    from safetensors.torch import load_file
-
+    with ``genlab featnet train --data NAME``. Loading reads safetensors only. A cache that exists but cannot be
+    read (damaged files, a network that does not fit) is rebuilt in place, for any dataset, saying so."""
     if data not in SPECS:
         raise ValueError(f"no feature network for {data!r}; available: {', '.join(SPECS)}")
     d = Path(cache_dir) if cache_dir else default_cache_dir() / f"{data}-v{VERSION}"
-    if not (d / "model.safetensors").exists() or not (d / "info.json").exists():
+    if not cache_present(d):
         if build if build is not None else data == "digits":
             log(f"building the {data} feature network (first use) into {d}")
             return train_featnet(data, root=root, out_dir=d, log=log)
         raise FeatureError(f"no {data} feature network in {d}; build it with `genlab featnet train --data {data}`")
     spec = SPECS[data]
     net = FeatNet(spec)
-    net.load_state_dict(load_file(str(d / "model.safetensors")))
-    fx = FeatureExtractor(net.eval(), spec, json.loads((d / "info.json").read_text()))
+    try:
+        info = load_cached_net(d, net, ("data", "test_accuracy"))
+        if not isinstance(info["test_accuracy"], (int, float)):
+            raise CacheUnreadable(f"info.json has test_accuracy {info['test_accuracy']!r}, not a number")
+    except CacheUnreadable as e:
+        log(f"the cached {data} feature network in {d} cannot be read ({e}); rebuilding it")
+        return train_featnet(data, root=root, out_dir=d, log=log)
+    fx = FeatureExtractor(net.eval(), spec, info)
     fx.check()
     return fx
