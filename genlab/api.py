@@ -6,8 +6,8 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,14 +17,16 @@ import numpy as np
 import torch
 import yaml
 
-from .config import Config, ConfigError, apply_overrides, from_dict, load_config
+from .config import CommandOptions, Config, ConfigError, SampleConfig, apply_overrides, check_value, from_dict, \
+    load_config
+from .runs import RUNS_ROOT, check_run_name, prepare_run_dir
 from .data import from_model, to_model
 from .train import checkpoint as ck
 from .train.dist import pick_device
 from .train.checkpoint import load_weights
 from .train.loop import Callback, Context, TrainResult
+from .train.loop import train as train_loop
 
-RUNS_ROOT = Path(os.environ.get("GENLAB_RUNS", "runs"))
 
 
 def _rank() -> int:
@@ -40,25 +42,6 @@ def load_data(cfg: Config, split: str):
     return load_dataset(d.name, split, root=d.root, image_size=d.image_size, channels=d.channels,
                         labels=d.labels or None, on_bad_image=d.on_bad_image, val_size=d.val_size,
                         binarize=d.binarize, seed=d.split_seed, captions_required=cfg.model.text_cond)
-
-
-def prepare_run_dir(name: str, *, runs_root=None, resume=False, force=False) -> Path:
-    """runs/NAME, created; refuses to overwrite an existing run unless ``force`` (``resume`` continues it)."""
-    run_dir = Path(runs_root or RUNS_ROOT) / name
-    if _rank() != 0:  # under torchrun, process 0 prepares the directory
-        return run_dir
-    exists = run_dir.exists() and any(run_dir.iterdir())
-    if resume:
-        if not exists:
-            raise FileNotFoundError(f"cannot resume: {run_dir} does not exist (start it without --resume)")
-        return run_dir
-    if exists:
-        if not force:
-            raise FileExistsError(f"{run_dir} already exists; continue it with --resume, overwrite it with "
-                                  f"--force, or choose another --name")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
 
 
 def resolve_config(config: Union[str, Config, None], overrides: Sequence[str] = ()) -> Config:
@@ -88,10 +71,11 @@ def train(config: Union[str, Config, None] = None, overrides: Sequence[str] = ()
     config: a shipped recipe name, a YAML path or a Config; None means the run's saved config.yaml when
     resuming, else ``digits_ddpm``. overrides: ``section.key=value`` strings applied on top."""
     from .methods import get_method
-    from .train.loop import train as train_loop
 
     if resume and not name:
         raise ValueError("--resume needs the --name of the run to continue")
+    if name is not None:
+        check_run_name(name)
     if config is None:  # a resumed run continues with its own config; otherwise the digits recipe
         saved = Path(runs_root or RUNS_ROOT) / (name or "") / "config.yaml"
         config = str(saved) if resume and saved.exists() else "digits_ddpm"
@@ -111,9 +95,6 @@ def train(config: Union[str, Config, None] = None, overrides: Sequence[str] = ()
     model = method.build_model(train_ds.shape, train_ds.num_classes, levels=train_ds.levels,
                                **text_kwargs(cfg, train_ds, val_ds))
     check_captions(model, train_ds, val_ds)
-    run_dir = prepare_run_dir(name, runs_root=runs_root, resume=resume, force=force)
-    if _rank() == 0:
-        print(f"run directory: {run_dir}", file=sys.stderr)
     callbacks = [] if cfg.method == "classifier" else [Callback(_grid_callback, every=cfg.train.sample_every)]
     if cfg.train.eval_every:
         from .eval.features import SPECS
@@ -122,8 +103,16 @@ def train(config: Union[str, Config, None] = None, overrides: Sequence[str] = ()
             raise ValueError(f"train.eval_every needs a feature network, and there is none for data "
                              f"{cfg.data.name!r} (available: {', '.join(SPECS)})")
         callbacks.append(Callback(_eval_callback, every=cfg.train.eval_every))
-    return train_loop(cfg, run_dir, method=method, model=model, train_data=train_ds, val_data=val_ds,
-                      resume=resume, callbacks=tuple(callbacks), progress=progress)
+    # every check that can fail comes before this line: --force replaces the old run only now
+    run_dir, lock = prepare_run_dir(name, runs_root=runs_root, resume=resume, force=force, rank=_rank())
+    try:
+        if _rank() == 0:
+            print(f"run directory: {run_dir}", file=sys.stderr)
+        return train_loop(cfg, run_dir, method=method, model=model, train_data=train_ds, val_data=val_ds,
+                          resume=resume, callbacks=tuple(callbacks), progress=progress)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def text_kwargs(cfg: Config, ds, val_ds=None) -> dict:
@@ -197,6 +186,18 @@ def _eval_callback(ctx: Context) -> None:
           f"{rec['eval_seconds']:.1f}s)", file=sys.stderr)
 
 
+def check_options(**given):
+    """Check options given to the API or the CLI against the ranges declared beside their fields
+    (:class:`genlab.config.CommandOptions` and :class:`genlab.config.SampleConfig`); None means unset."""
+    own = {f.name for f in dataclasses.fields(CommandOptions)}
+    for name, v in given.items():
+        if name == "k":          # any_order checks k against the image's sub-pixel count (a sharper message)
+            continue
+        cls = CommandOptions if name in own else SampleConfig
+        if v is not None and name in {f.name for f in dataclasses.fields(cls)}:
+            check_value(cls, name, v, key=name)
+
+
 def default_labels(n: int, num_classes: int, seed: int = 0) -> Optional[torch.Tensor]:
     """Sample i gets class (seed + i) mod K, so a sample's label, like its noise, depends on its seed alone."""
     return (torch.arange(seed, seed + n) % num_classes) if num_classes else None
@@ -212,7 +213,13 @@ def resolve_labels(labels, n: int, num_classes: int, class_names, seed: int, con
         return None
     if labels is None:
         return default_labels(n, num_classes, seed)
-    y = torch.as_tensor(labels).long().flatten()
+    flat = [labels] if isinstance(labels, int) else list(torch.as_tensor(labels).flatten().tolist()) \
+        if torch.is_tensor(labels) else list(labels)
+    bad = [v for v in flat if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < num_classes]
+    if bad:
+        raise ValueError(f"labels must be in 0..{num_classes - 1} (classes: "
+                         f"{', '.join(map(str, class_names or range(num_classes)))}); got {bad[0]!r}")
+    y = torch.as_tensor(flat).long().flatten()
     y = y.expand(n).clone() if len(y) == 1 else y
     if len(y) != n:
         raise ValueError(f"got {len(y)} labels for {n} samples (give one label for all, or one per sample)")
@@ -230,17 +237,20 @@ def load_run(ckpt, *, which: str = "latest", use_ema: bool = True, device: str =
     """(config, method, model in eval mode, checkpoint state) from a run or checkpoint directory."""
     from .methods import get_method
 
-    path = ck.resolve_checkpoint(ckpt, which)
+    which_w = "ema" if use_ema else "model"       # the raw weights only when asked for (--raw)
+    path = ck.resolve_checkpoint(ckpt, which, need=("model", which_w))
     state = ck.read_state(path)
     try:
         cfg = from_dict(state["config"])
-    except (ConfigError, KeyError) as e:
+    except (ConfigError, KeyError, TypeError) as e:
         raise ck.CheckpointError(f"{path}/state.json has an unusable config: {e}") from None
     method = get_method(cfg)
     info = state["data"]
-    kw = {"vocab": info["vocab"]} if info.get("vocab") else {}
-    model = method.build_model(tuple(info["shape"]), info["num_classes"], levels=info["levels"], **kw)
-    which_w = "ema" if use_ema and (path / "ema.safetensors").exists() else "model"
+    try:
+        kw = {"vocab": info["vocab"]} if info.get("vocab") else {}
+        model = method.build_model(tuple(info["shape"]), info["num_classes"], levels=info["levels"], **kw)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ck.CheckpointError(f"{path}/state.json describes data the model cannot be built for ({e})") from None
     tensors = ck.load_checkpoint(path, weights=(which_w,))[which_w]
     load_weights(model, tensors, f"{path}/{which_w}.safetensors")
     model.to(pick_device(device)).eval()
@@ -278,6 +288,8 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
     from .methods.categorical import check_sample_options
     from .report.images import save_grid
 
+    check_options(n=n, steps=steps, eta=eta, seed=seed, batch_size=batch_size, temperature=temperature, top_k=top_k,
+                  k=k, guidance=guidance, classifier_scale=classifier_scale, lowres_t=lowres_t, nrow=nrow)
     cfg, method, model, state = load_run(ckpt, which=which, use_ema=use_ema, device=device)
     opts = {key: v for key, v in dict(sampler=sampler, steps=steps, eta=eta, temperature=temperature, top_k=top_k,
                                      k=k, order=order, guidance=guidance).items() if v is not None}
@@ -398,21 +410,14 @@ def upsample(ckpt, lowres: torch.Tensor, *, seed: int = 0, batch_size: int = 256
 
 
 def read_image_levels(path, shape: tuple, levels: int, what: str = "image") -> torch.Tensor:
-    """A PNG/JPEG as dataset levels (1, C, H, W) (uint8), or a ValueError naming what does not fit."""
-    from PIL import Image
+    """A PNG/JPEG as dataset levels (1, C, H, W) (uint8), read like training images
+    (:func:`genlab.data.images.read_image`), or a ValueError naming what does not fit."""
+    from .data.images import read_image
 
     c, h, w = shape
-    try:
-        with Image.open(path) as im:
-            im.load()
-            arr = np.asarray(im.convert("L" if c == 1 else "RGB"))
-    except FileNotFoundError:
-        raise
-    except Exception as e:
-        raise ValueError(f"cannot read {what} {path}: {e}") from None
-    if arr.shape[:2] != (h, w):
-        raise ValueError(f"{what} {path} is {arr.shape[1]}x{arr.shape[0]} pixels but the model makes {w}x{h} images")
-    arr = arr[None] if c == 1 else arr.transpose(2, 0, 1)
+    arr = read_image(path, c, what)          # C x H x W uint8; ImageReadError (a ValueError) names the file
+    if arr.shape[1:] != (h, w):
+        raise ValueError(f"{what} {path} is {arr.shape[2]}x{arr.shape[1]} pixels but the model makes {w}x{h} images")
     return torch.from_numpy(np.round(arr.astype(np.float64) / 255 * (levels - 1)).astype(np.uint8))[None]
 
 
@@ -428,6 +433,7 @@ def inpaint(ckpt, image, mask, *, n: int = 4, out=None, seed: int = 0, which: st
     Returns (completions in [-1, 1], evaluations per sample, path)."""
     from .report.images import mark_unknown, save_grid
 
+    check_options(n=n, seed=seed, **opts)
     cfg, method, model, state = load_run(ckpt, which=which, use_ema=use_ema, device=device)
     if "known" not in method.sample_options:
         raise ValueError(f"{cfg.method} models cannot inpaint (diffusion, any_order and autoregressive can)")

@@ -199,6 +199,9 @@ def _eval(args) -> None:
     if (args.ckpt is None) == (args.samples is None):
         raise ValueError("give either --ckpt RUN (to sample and evaluate) or --samples FILE_OR_DIR --data NAME")
     if args.ckpt:
+        from .api import check_options
+
+        check_options(t_samples=args.t_samples, draws=args.draws)
         res = evaluate_checkpoint(args.ckpt, n=args.n, sampler=args.sampler, steps=args.steps, seeds=args.seeds,
                                   eta=args.eta, use_ema=not args.raw, which=args.which, batch_size=args.batch_size,
                                   device=args.device, pairs_png=args.pairs, **_discrete_opts(args))
@@ -225,7 +228,36 @@ def _eval(args) -> None:
         print(f"wrote {args.json}")
 
 
+def _user_errors() -> tuple:
+    """Exceptions that mean a user's mistake or an environment fault (a file, the disk, another process):
+    shown as one line. Anything else is a bug in genlab and keeps its traceback."""
+    import yaml
+    from safetensors import SafetensorError
+
+    from .data.download import DownloadError
+    from .eval.features import FeatureError
+    from .train.checkpoint import CheckpointError
+    from .train.dist import PeerLost
+    from .train.loop import TrainingDiverged
+
+    return (ConfigError, CheckpointError, TrainingDiverged, DownloadError, FeatureError, PeerLost, OSError,
+            ValueError, SafetensorError, yaml.YAMLError, MemoryError)
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e).strip() or type(e).__name__
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        msg = f"{e.filename}: {e.strerror}"
+    if isinstance(e, MemoryError):
+        msg = f"out of memory{': ' + msg if msg != 'MemoryError' else ''}; use a smaller --batch-size or --n"
+    return msg
+
+
 def main(argv=None) -> int:
+    """Run one command; returns the exit status: 0 done, 2 a user's or environment error (one line on stderr),
+    130 / 143 a training interrupted by SIGINT / SIGTERM after saving. ``GENLAB_DEBUG=1`` shows tracebacks."""
+    import os
+
     parser = build_parser()
     # overrides may come anywhere after `train` (e.g. `genlab train --name x train.lr=1e-3 --resume`)
     args, extra = parser.parse_known_args(argv)
@@ -234,70 +266,80 @@ def main(argv=None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if args.command == "train":
         args.overrides = list(args.overrides) + extra
-    from . import api
-    from .data.download import DownloadError
-    from .eval.features import FeatureError
-    from .train.checkpoint import CheckpointError
-    from .train.loop import TrainingDiverged
-
+    debug = os.environ.get("GENLAB_DEBUG", "") not in ("", "0")
     try:
-        if args.command == "train":
-            overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
-            res = api.train(args.config, overrides, name=args.name, resume=args.resume, force=args.force,
-                            dry_run=args.dry_run, runs_root=args.runs_dir, progress=not args.no_progress)
-            if res is not None and res.checkpoint is not None:
-                tail = " (interrupted; continue with --resume)" if res.interrupted else ""
-                print(f"trained {res.state.step} steps in {res.state.time_used:.1f}s; checkpoint: "
-                      f"{res.checkpoint}{tail}")
-        elif args.command == "sample":
-            out = args.out or ("process.png" if args.process else "samples.png")
-            _, nfe, path = api.sample(args.ckpt, n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                                      seed=args.seed, batch_size=args.batch_size, out=out,
-                                      process=args.process, labels=args.labels, which=args.which,
-                                      use_ema=not args.raw, device=args.device, guidance=args.guidance,
-                                      classifier=args.classifier, classifier_scale=args.classifier_scale,
-                                      prompt=args.prompt, upsampler=args.upsampler, lowres_t=args.lowres_t,
-                                      nrow=args.nrow,
-                                      **_discrete_opts(args))
-            print(f"wrote {path} ({nfe} network evaluations per sample)")
-        elif args.command == "demo":
-            api.demo(name=args.name, time_budget=args.time_budget, runs_root=args.runs_dir, force=args.force)
-        elif args.command == "data":
-            from .data import download
-
-            path = download(args.name, args.root, base_url=args.mirror, force=args.force)
-            print(f"{args.name}: all files verified in {path}")
-        elif args.command == "eval":
-            _eval(args)
-        elif args.command == "featnet":
-            from .eval.features import default_cache_dir, train_featnet
-
-            train_featnet(args.data, root=args.root, seed=args.seed)
-            print(f"saved under {default_cache_dir()}")
-        elif args.command == "compare":
-            from .report.compare import run as compare
-
-            out = compare(args.config, args.out, quick=args.quick, fresh=args.fresh, only=args.only,
-                          progress=not args.no_progress)
-            print(f"report: {out / 'index.html'} and {out / 'README.md'}")
-        elif args.command == "inpaint":
-            _, nfe, path = api.inpaint(args.ckpt, args.image, args.mask, n=args.n, out=args.out, seed=args.seed,
-                                       device=args.device, labels=args.labels, sampler=args.sampler,
-                                       steps=args.steps, prompt=args.prompt, guidance=args.guidance,
-                                       resample=args.resample, **_discrete_opts(args))
-            print(f"wrote {path} ({nfe} network evaluations per sample)")
-        elif args.command == "configs":
-            from .config import CONFIG_DIR
-
-            for f in sorted(CONFIG_DIR.glob("*.yaml")):
-                first = f.read_text().splitlines()[0].lstrip("# ")
-                print(f"{f.stem:20s} {first}")
-    except (ConfigError, CheckpointError, TrainingDiverged, DownloadError, FeatureError, OSError, ValueError) as e:
-        print(f"genlab {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _run(args)
     except KeyboardInterrupt:
+        if debug:
+            raise
         print("interrupted", file=sys.stderr)
         return 130
+    except _user_errors() as e:
+        if debug:
+            raise
+        print(f"genlab {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from . import api
+
+    if args.command == "train":
+        overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
+        res = api.train(args.config, overrides, name=args.name, resume=args.resume, force=args.force,
+                        dry_run=args.dry_run, runs_root=args.runs_dir, progress=not args.no_progress)
+        if res is not None and res.already_done:
+            print(f"nothing to do: {res.run_dir} is already finished at step {res.state.step} "
+                  f"({res.checkpoint})")
+        elif res is not None and res.checkpoint is not None:
+            tail = " (interrupted; continue with --resume)" if res.interrupted else ""
+            print(f"trained {res.state.step} steps in {res.state.time_used:.1f}s; checkpoint: "
+                  f"{res.checkpoint}{tail}")
+        if res is not None and res.interrupted:
+            return 128 + (res.signal or 2)          # 130 after SIGINT, 143 after SIGTERM
+    elif args.command == "sample":
+        out = args.out or ("process.png" if args.process else "samples.png")
+        _, nfe, path = api.sample(args.ckpt, n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
+                                  seed=args.seed, batch_size=args.batch_size, out=out,
+                                  process=args.process, labels=args.labels, which=args.which,
+                                  use_ema=not args.raw, device=args.device, guidance=args.guidance,
+                                  classifier=args.classifier, classifier_scale=args.classifier_scale,
+                                  prompt=args.prompt, upsampler=args.upsampler, lowres_t=args.lowres_t,
+                                  nrow=args.nrow,
+                                  **_discrete_opts(args))
+        print(f"wrote {path} ({nfe} network evaluations per sample)")
+    elif args.command == "demo":
+        api.demo(name=args.name, time_budget=args.time_budget, runs_root=args.runs_dir, force=args.force)
+    elif args.command == "data":
+        from .data import download
+
+        path = download(args.name, args.root, base_url=args.mirror, force=args.force)
+        print(f"{args.name}: all files verified in {path}")
+    elif args.command == "eval":
+        _eval(args)
+    elif args.command == "featnet":
+        from .eval.features import default_cache_dir, train_featnet
+
+        train_featnet(args.data, root=args.root, seed=args.seed)
+        print(f"saved under {default_cache_dir()}")
+    elif args.command == "compare":
+        from .report.compare import run as compare
+
+        out = compare(args.config, args.out, quick=args.quick, fresh=args.fresh, only=args.only,
+                      progress=not args.no_progress)
+        print(f"report: {out / 'index.html'} and {out / 'README.md'}")
+    elif args.command == "inpaint":
+        _, nfe, path = api.inpaint(args.ckpt, args.image, args.mask, n=args.n, out=args.out, seed=args.seed,
+                                   device=args.device, labels=args.labels, sampler=args.sampler,
+                                   steps=args.steps, prompt=args.prompt, guidance=args.guidance,
+                                   resample=args.resample, **_discrete_opts(args))
+        print(f"wrote {path} ({nfe} network evaluations per sample)")
+    elif args.command == "configs":
+        from .config import CONFIG_DIR
+
+        for f in sorted(CONFIG_DIR.glob("*.yaml")):
+            first = f.read_text().splitlines()[0].lstrip("# ")
+            print(f"{f.stem:20s} {first}")
     return 0
 
 

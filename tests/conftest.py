@@ -13,6 +13,25 @@ def pytest_configure(config):
 
     os.environ.setdefault("GENLAB_CACHE", tempfile.mkdtemp(prefix="genlab-test-cache-"))
 
+# counts of the reliability suites (issue 11), printed at the end of the test session
+RELIABILITY = {}
+
+
+def record(what: str, n: int = 1) -> None:
+    RELIABILITY[what] = RELIABILITY.get(what, 0) + n
+
+
+def pytest_terminal_summary(terminalreporter):
+    if RELIABILITY:
+        terminalreporter.section("reliability suites")
+        for k in ("kills survived", "damaged files tried", "fuzz examples run", "path cases", "tracebacks seen"):
+            terminalreporter.write_line(f"{k}: {RELIABILITY.get(k, 0)}")
+        for k, v in sorted(RELIABILITY.items()):
+            if k not in ("kills survived", "damaged files tried", "fuzz examples run", "path cases",
+                         "tracebacks seen"):
+                terminalreporter.write_line(f"{k}: {v}")
+
+
 # a model small enough that a training step takes a few milliseconds on one core
 TINY = ["model.width=8", "model.channel_mults=[1,2]", "model.num_res_blocks=1", "model.attn_resolutions=[]",
         "model.num_heads=1", "diffusion.timesteps=100", "train.batch_size=32", "train.time_budget=null",

@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 import genlab.api as api
+from genlab.train import checkpoint as ck
 from genlab.cli import main
 
 
@@ -59,7 +60,7 @@ def test_errors_are_clear(run, tmp_path, capsys):
     assert main(["train", "train.lrr=1", "--name", "x", "--runs-dir", str(tmp_path)]) == 2
     assert "did you mean 'train.lr'" in capsys.readouterr().err
     assert main(["train", "train.batch_size=-3", "--runs-dir", str(tmp_path)]) == 2
-    assert "train.batch_size=-3 must be > 0" in capsys.readouterr().err
+    assert "train.batch_size=-3 must be an integer in 1..1048576" in capsys.readouterr().err
     assert main(["sample", "--ckpt", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["sample", "--ckpt", str(run), "--n", "2", "--out", str(tmp_path / "x.gif")]) == 2
@@ -84,6 +85,7 @@ def test_checkpoint_config_mismatch_is_named(run, tmp_path):
     shutil.copytree(run / "checkpoints" / "step_0000020", bad)
     st = json.loads((bad / "state.json").read_text())
     st["config"]["model"]["width"] = 16
+    st["check"] = ck._state_digest(st)        # a consistent state.json that describes another model
     (bad / "state.json").write_text(json.dumps(st))
     with pytest.raises(Exception, match="does not match the model built from the config"):
         api.sample(bad, n=1, steps=2)

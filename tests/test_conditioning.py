@@ -145,7 +145,7 @@ def test_inpaint_command_with_repaint_and_the_glide_model(runs, capsys):
     assert main(["inpaint", "--ckpt", str(runs / "inp"), *common]) == 0
     assert "(3 network evaluations per sample)" in capsys.readouterr().out
     assert main(["inpaint", "--ckpt", str(runs / "dig"), *common, "--resample", "0", "--sampler", "ddpm"]) == 2
-    assert "resample must be an integer >= 1" in capsys.readouterr().err
+    assert "resample=0 must be an integer in 1..1000" in capsys.readouterr().err
 
 
 def test_bad_image_conditioning_configs(tmp_path, capsys):

@@ -23,7 +23,7 @@ def test_yaml_round_trip(tmp_path):
     ("train.max_steps=2.5", "not a valid int"),
     ("diffusion.prediction=score", "choose one of eps, x0, v"),
     ("train.precision=fp8", "choose one of auto, fp32, bf16, fp16"),
-    ("model.dropout=1.5", "must be in [0, 1)"),
+    ("model.dropout=1.5", "must be a number in [0, 1)"),
     ("train.time_budget=soon", "not a duration"),
     ("sample.steps=5000", "exceeds diffusion.timesteps"),
     ("train.batch_size=10", "divisible by train.grad_accum"),

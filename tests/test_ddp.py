@@ -50,3 +50,44 @@ def test_two_process_ddp_matches_one_process(tmp_path, tiny, subprocess_env):
     assert len(l1) == len(l2) == 18
     for a, b in zip(l1[12:], l2[12:]):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_process_that_loses_its_peer_exits_with_one_line(tmp_path, tiny, subprocess_env, victim):
+    """When one of two processes dies (SIGKILL at step 5, through the fault hook), the survivor exits within
+    train.dist_timeout with one line naming what happened and the last good checkpoint. It used to announce a
+    checkpoint it then could not write and print a raw gloo traceback."""
+    import time
+
+    args = ["train", *tiny, "train.max_steps=100000", "train.log_every=1", "train.ckpt_every=3",
+            "train.val_every=0", "train.num_threads=1", "train.device=cpu", "train.dist_timeout=20",
+            "--runs-dir", str(tmp_path), "--name", "d", "--no-progress"]
+    port = _free_port()
+    procs = []
+    t0 = time.time()
+    for rank in range(2):
+        env = dict(subprocess_env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), GENLAB_FAULT=f"kill@step.5:r{victim}")
+        procs.append(subprocess.Popen(genlab_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    outs = [p.communicate(timeout=180) for p in procs]
+    elapsed = time.time() - t0
+    survivor = 1 - victim
+    assert procs[victim].returncode == -9
+    out, err = outs[survivor]
+    assert procs[survivor].returncode == 2, err
+    assert "Traceback" not in err, err
+    lines = [x for x in err.splitlines() if "error:" in x]
+    assert len(lines) == 1, err
+    assert f"process {survivor} lost the other training processes" in lines[0]
+    assert "Last good checkpoint:" in lines[0] and "step_0000003" in lines[0] and "--resume" in lines[0]
+    assert "stopping after this step to save" not in err and "saved /" not in err   # no promise it cannot keep
+    assert elapsed < 20 + 60, f"took {elapsed:.0f}s"

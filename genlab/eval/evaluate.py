@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..data import from_model, load_dataset
+from ..data.images import read_image
 from . import metrics as M
 from .features import FeatureExtractor, load_featnet
 
@@ -35,10 +36,58 @@ def reference(data: str = "digits", root: Optional[str] = None) -> dict:
             "stats_all": M.feature_stats(np.concatenate([f_train, f_test]))}
 
 
+NPY_MAGIC = b"\x93NUMPY"
+SAMPLES_FIX = "write samples with `genlab sample --out samples.npy`"
+DTYPE_KINDS = {"b": "boolean", "c": "complex", "O": "object", "S": "bytes", "U": "string", "V": "structured/void",
+               "M": "datetime", "m": "timedelta"}
+
+
+def check_dtype(dtype: np.dtype, what: str, levels: int) -> None:
+    """A ValueError unless ``dtype`` is an integer or floating-point type (floats must then hold integers)."""
+    if dtype.kind in "iuf":
+        return
+    kind = DTYPE_KINDS.get(dtype.kind, "unsupported")
+    raise ValueError(f"{what}: dtype {dtype} ({kind}) cannot hold images; expected integer levels "
+                     f"0..{levels - 1} (an integer array of shape (N, C, H, W)); {SAMPLES_FIX}")
+
+
+def _npy_dtype(f, path) -> Optional[np.dtype]:
+    """The dtype in the header of an open .npy file (after its magic check), or None for a format version
+    without a public header reader; a ValueError when the header is damaged."""
+    fmt = np.lib.format
+    try:
+        major, _ = fmt.read_magic(f)
+        reader = {1: fmt.read_array_header_1_0, 2: fmt.read_array_header_2_0}.get(major)
+        return reader(f)[2] if reader else None
+    except (ValueError, OSError, EOFError, SyntaxError) as e:   # SyntaxError: header dict that does not parse
+        raise ValueError(f"cannot read {path}: its .npy header is damaged or truncated ({e}); {SAMPLES_FIX}") \
+            from None
+
+
+def read_npy(path: Path, levels: int) -> np.ndarray:
+    """The array of a .npy file, with a ValueError saying what is wrong for anything else: another kind of file,
+    a damaged or truncated header or data, or a dtype that cannot hold levels (object arrays never unpickled)."""
+    with open(path, "rb") as f:
+        head = f.read(len(NPY_MAGIC))
+        if head != NPY_MAGIC:
+            start = f"it starts with {(head + f.read(10))!r}" if head else "it is empty"
+            raise ValueError(f"cannot read samples: {path} is not a .npy file ({start}); {SAMPLES_FIX}")
+        f.seek(0)
+        dtype = _npy_dtype(f, path)
+    if dtype is not None:
+        check_dtype(dtype, str(path), levels)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"cannot read {path} as a .npy array: it is damaged or truncated ({e}); "
+                         f"{SAMPLES_FIX}") from None
+
+
 def check_samples(levels, data: str = "digits", root: Optional[str] = None, what: str = "samples") -> np.ndarray:
     """The samples as a uint8 array of the dataset's shape and levels, or a ValueError saying what is wrong."""
     ref = reference(data, root)
     a = np.asarray(levels)
+    check_dtype(a.dtype, what, ref["levels"])
     if a.ndim == 3 and ref["shape"][0] == 1:
         a = a[:, None]
     if a.ndim != 4 or tuple(a.shape[1:]) != ref["shape"]:
@@ -57,9 +106,8 @@ def check_samples(levels, data: str = "digits", root: Optional[str] = None, what
 
 
 def load_samples(path, data: str = "digits", root: Optional[str] = None) -> np.ndarray:
-    """A .npy of levels, or a directory of PNG/JPEG images mapped to the dataset's levels."""
-    from PIL import Image
-
+    """A .npy of levels, or a directory of PNG/JPEG images (read by :func:`~genlab.data.images.read_image`)
+    mapped to the dataset's levels."""
     path = Path(path)
     ref = reference(data, root)
     if not path.exists():
@@ -71,23 +119,12 @@ def load_samples(path, data: str = "digits", root: Optional[str] = None) -> np.n
         c = ref["shape"][0]
         imgs = []
         for f in files:
-            try:
-                with Image.open(f) as im:
-                    im.load()
-                    arr = np.asarray(im.convert("L" if c == 1 else "RGB"))
-            except Exception as e:
-                raise ValueError(f"cannot read image {f}: {e}") from None
-            arr = arr[None] if c == 1 else arr.transpose(2, 0, 1)
+            arr = read_image(f, c)
             if arr.shape != ref["shape"]:
                 raise ValueError(f"{f}: image of shape {arr.shape}, expected {ref['shape']} for {data}")
             imgs.append(np.round(arr.astype(np.float64) / 255 * (ref["levels"] - 1)))
         return check_samples(np.stack(imgs), data, root, what=str(path))
-    try:
-        a = np.load(path, allow_pickle=False)
-    except Exception as e:
-        raise ValueError(f"cannot read {path} as a .npy array ({e}); write samples with "
-                         "`genlab sample --out samples.npy`") from None
-    return check_samples(a, data, root, what=str(path))
+    return check_samples(read_npy(path, ref["levels"]), data, root, what=str(path))
 
 
 def evaluate_samples(levels, data: str = "digits", *, seed: int = 0, root: Optional[str] = None,
@@ -156,7 +193,7 @@ def sampling_label(cfg, opts: dict) -> str:
     """A short name of how samples were drawn: ``ddim-50``, ``raster``, ``any-order k=4 random``, ``one-shot``."""
     s = cfg.sample
     if cfg.method == "diffusion":
-        return f"{opts.get('sampler') or s.sampler}-{opts.get('steps') or s.steps}"
+        return f"{opts.get('sampler') or s.sampler}-{s.steps if opts.get('steps') is None else opts['steps']}"
     if cfg.method == "any_order":
         order = opts.get("order", s.order)
         return f"k={opts.get('k', s.k)} {order if isinstance(order, str) else 'custom'} order"
@@ -171,9 +208,10 @@ def evaluate_checkpoint(ckpt, *, n: int = 1000, sampler: Optional[str] = None, s
     """Sample n images per seed (seed k uses per-sample seeds k * n + i) and evaluate them; with cost.
     ``opts``: the method's sampling options (e.g. k and order for any_order); None values are dropped.
     ``run``: the (config, method, model, state) of ``load_run`` when the caller has it loaded already."""
-    from ..api import load_run
+    from ..api import check_options, load_run
     from ..methods.categorical import check_sample_options
 
+    check_options(n=n, seeds=seeds, steps=steps, eta=eta, batch_size=batch_size, **opts)
     cfg, method, model, state = run or load_run(ckpt, which=which, use_ema=use_ema, device=device)
     opts = {k: v for k, v in dict(opts, sampler=sampler, steps=steps, eta=eta).items() if v is not None}
     check_sample_options(cfg.method, method.sample_options, opts)
@@ -192,7 +230,7 @@ def evaluate_checkpoint(ckpt, *, n: int = 1000, sampler: Optional[str] = None, s
     out = summarize(runs)
     out.update({"checkpoint": state["path"], "step": state["step"], "data": data, "n": n, "seeds": seeds,
                 "method": cfg.method, "sampler": sampling_label(cfg, opts),
-                "steps": steps or cfg.sample.steps, "nfe": nfe,
+                "steps": cfg.sample.steps if steps is None else steps, "nfe": nfe,
                 "seconds_per_1000": 1000 * float(np.mean(secs)) / n, "peak_memory_mb": mem,
                 "peak_memory_kind": mem_kind, "weights": "ema" if use_ema else "raw", "per_seed": runs})
     return out

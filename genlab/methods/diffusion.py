@@ -178,7 +178,7 @@ class DiffusionMethod:
         fn = get_sampler(sampler)
         opts = sampler_options(sampler, spacing=spacing or s.spacing, eta=s.eta if eta is None else eta,
                                variance=variance or s.variance)
-        steps = steps or s.steps
+        steps = s.steps if steps is None else steps
         if not 1 <= steps <= self.schedule.T:
             raise ValueError(f"steps must be in 1..{self.schedule.T} (diffusion.timesteps), got {steps}")
         device = device or next(model.parameters()).device

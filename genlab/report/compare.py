@@ -26,6 +26,7 @@ from typing import Optional
 import yaml
 
 from ..config import ConfigError, find_config
+from ..runs import check_run_name
 
 FAMILIES = {"oneshot": "one-shot", "autoregressive": "autoregressive", "any_order": "any-order AR",
             "diffusion": "diffusion"}
@@ -70,9 +71,15 @@ def load_spec(name_or_path: str) -> CompareSpec:
     if bad:
         raise ConfigError(f"{path}: unknown key(s) {sorted(bad)}; allowed: {sorted(SPEC_KEYS)}")
     methods = []
+    if not isinstance(d["methods"], (list, type(None))):
+        raise ConfigError(f"{path}: 'methods' must be a list of {{name, config, ...}} entries")
     for i, m in enumerate(d["methods"] or []):
         if not isinstance(m, dict) or "name" not in m or "config" not in m:
             raise ConfigError(f"{path}: methods[{i}] needs a name and a config")
+        try:
+            check_run_name(str(m["name"]))
+        except ValueError as e:
+            raise ConfigError(f"{path}: methods[{i}]: {e}") from None
         bad = set(m) - METHOD_KEYS
         if bad:
             raise ConfigError(f"{path}: methods[{i}] ({m['name']}): unknown key(s) {sorted(bad)}; "
@@ -93,6 +100,40 @@ def load_spec(name_or_path: str) -> CompareSpec:
                        quick={**QUICK_DEFAULTS, **(d.get("quick") or {})})
 
 
+COMPARE_MARKER = ".genlab-compare"
+WRITTEN = ("runs", "img", "results.json", "results.tmp", "README.md", "index.html")   # all that compare writes
+
+
+def prepare_out(out: Path, *, fresh: bool = False) -> Path:
+    """The report directory, made ready: a new or empty directory, or one that holds a compare marker (or, from
+    before the marker, a results.json of compare); anything else is refused, so a user's files are never
+    overwritten. ``fresh`` removes only what compare wrote there (never following a link)."""
+    import shutil
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory for the report")
+    if out.is_dir() and any(out.iterdir()) and not (out / COMPARE_MARKER).is_file():
+        legacy = False
+        try:
+            legacy = "_mode" in json.loads((out / "results.json").read_text())
+        except (OSError, ValueError, TypeError):
+            pass
+        if not legacy:
+            shown = sorted(p.name for p in out.iterdir())[:3]
+            raise ValueError(f"--out {out} holds files genlab compare did not write ({', '.join(shown)} ...); "
+                             "choose a new or empty directory for the report")
+    if fresh and out.is_dir():
+        for name in WRITTEN:
+            p = out / name
+            if p.is_symlink() or p.is_file():
+                p.unlink()
+            elif p.is_dir():
+                shutil.rmtree(p)
+    (out / "img").mkdir(parents=True, exist_ok=True)
+    (out / COMPARE_MARKER).write_text(json.dumps({"written_by": "genlab compare", "files": list(WRITTEN)}))
+    return out
+
+
 def _family(method: str) -> str:
     return FAMILIES.get(method, method)
 
@@ -110,11 +151,7 @@ def run(spec_name: str = "compare_digits", out="runs/compare", *, quick: bool = 
     from ..train import checkpoint as ck
 
     spec = load_spec(spec_name)
-    out = Path(out)
-    if fresh and out.exists():
-        import shutil
-        shutil.rmtree(out)
-    (out / "img").mkdir(parents=True, exist_ok=True)
+    out = prepare_out(Path(out), fresh=fresh)
     ev = dict(spec.eval)
     if quick:
         ev.update(spec.quick.get("eval", {}))

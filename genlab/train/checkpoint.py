@@ -12,17 +12,22 @@ damages the checkpoint that was there before; incomplete directories are ignored
 from __future__ import annotations
 
 import base64
+import errno
+import hashlib
 import json
 import os
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from .. import faults
 
 STEP_RE = re.compile(r"^step_(\d+)$")
 
@@ -99,70 +104,198 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint failed (no space, no permission); its temporary directory is removed and the
+    message names the newest intact checkpoint."""
+
+
+FILES = ("model", "ema", "optimizer")              # the weights files of a training checkpoint
+STATE_KEYS = {"config": dict, "step": int, "time_used": (int, float), "data": dict, "rng": dict}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _state_digest(state: dict) -> str:
+    """SHA-256 of the state's canonical JSON without its own ``check`` entry."""
+    body = {k: v for k, v in state.items() if k != "check"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def save_checkpoint(path, *, model: dict, ema: Optional[dict] = None, optimizer: Optional[dict] = None,
                     state: dict) -> Path:
-    """Write the checkpoint directory ``path`` atomically (temp directory, then rename)."""
+    """Write the checkpoint directory ``path`` atomically: files go to a temporary directory, each with its size
+    and SHA-256 in state.json (written last, with a digest of itself), which is then renamed into place. A
+    failed write removes the temporary directory and raises CheckpointWriteError naming the newest intact
+    checkpoint; the checkpoint that was at ``path`` before is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    state = dict(state)
-    save_file(_tensors(model), str(tmp / "model.safetensors"))
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        _write(tmp, model=model, ema=ema, optimizer=optimizer, state=state)
+        faults.point("ckpt.rename")
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        need = tuple(n for n, v in (("model", model), ("ema", ema), ("optimizer", optimizer)) if v is not None)
+        good = newest_intact(path.parent, need)
+        where = (f"the newest intact checkpoint is {good} (step {read_state(good).get('step')}): fix the cause "
+                 "(free disk space, check permissions), then continue from it with --resume" if good else
+                 "no intact checkpoint exists yet: fix the cause (free disk space, check permissions) and train again")
+        cause = "no space left on the disk" if getattr(e, "errno", None) == errno.ENOSPC or \
+            "No space left" in str(e) else f"{type(e).__name__}: {e}"
+        raise CheckpointWriteError(f"could not write checkpoint {path} ({cause}); {where}") from None
+    except BaseException:           # Ctrl-C during the write: no half-written directory stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _write(tmp: Path, *, model, ema, optimizer, state) -> None:
+    parts = {"model": _tensors(model)}
     if ema is not None:
-        save_file(_tensors(ema), str(tmp / "ema.safetensors"))
+        parts["ema"] = _tensors(ema)
     if optimizer is not None:
-        tensors, meta = optimizer_to_flat(optimizer)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        state["optimizer"] = meta
-    for f in tmp.glob("*.safetensors"):  # on disk before state.json marks the checkpoint complete
-        _fsync_file(f)
+        parts["optimizer"], meta = optimizer_to_flat(optimizer)
+        state = {**state, "optimizer": meta}
+    files = {}
+    for name, tensors in parts.items():
+        f = tmp / f"{name}.safetensors"
+        save_file(tensors, str(f))
+        _fsync_file(f)           # on disk before state.json marks the checkpoint complete
+        files[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+        faults.point(f"ckpt.{name}")
+    state = json.loads(json.dumps({**state, "files": files}))   # as it will read back (string keys, lists)
+    state["check"] = _state_digest(state)
+    faults.point("ckpt.state")
     with open(tmp / "state.json", "w") as f:  # written last: its presence marks a complete checkpoint
         json.dump(state, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
     _fsync_dir(tmp)
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return path
 
 
 def is_checkpoint(path) -> bool:
+    """Cheap test that ``path`` looks like a checkpoint directory (state.json and model.safetensors present);
+    :func:`verify` says whether it is intact."""
     path = Path(path)
     return (path / "state.json").is_file() and (path / "model.safetensors").is_file()
 
 
+def _load_state(path: Path) -> dict:
+    f = path / "state.json"
+    try:
+        raw = f.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError("state.json is missing") from None
+    except OSError as e:
+        raise CheckpointError(f"state.json cannot be read ({e.strerror or e})") from None
+    if not raw.strip():
+        raise CheckpointError("state.json is empty")
+    try:
+        state = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"state.json is not valid JSON ({e})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError("state.json does not hold a mapping")
+    if "check" in state and state["check"] != _state_digest(state):
+        raise CheckpointError("state.json was altered after it was written (its digest does not match)")
+    for key, tp in STATE_KEYS.items():
+        if key not in state:
+            raise CheckpointError(f"state.json lacks {key!r}")
+        if not isinstance(state[key], tp) or isinstance(state[key], bool):
+            raise CheckpointError(f"state.json has a bad {key!r} ({type(state[key]).__name__})")
+    return state
+
+
 def read_state(path) -> dict:
+    """The checked state.json of a checkpoint directory (CheckpointError naming the file otherwise)."""
     path = Path(path)
     try:
-        return json.loads((path / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path / 'state.json'}: {e}") from None
+        return _load_state(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint {path}: {e}") from None
 
 
-def load_checkpoint(path, *, weights: tuple[str, ...] = ("model", "ema", "optimizer")) -> dict:
-    """Read a checkpoint directory: {'state': dict, 'model': tensors, 'ema': ..., 'optimizer': state_dict}."""
+_verified: dict = {}     # file -> (size, mtime, digest) of a file whose digest matched
+
+
+def problems(path, need: tuple[str, ...] = FILES) -> list[str]:
+    """What is wrong with checkpoint directory ``path`` for a use that needs the weights files ``need``: missing,
+    truncated, altered or unreadable files, an incomplete state. Empty when it is intact."""
     path = Path(path)
-    if not is_checkpoint(path):
-        raise CheckpointError(f"{path} is not a complete genlab checkpoint (needs state.json and model.safetensors)")
-    out = {"state": read_state(path), "path": path}
+    if not path.is_dir():
+        return [f"{path} is not a directory"]
+    try:
+        state = _load_state(path)
+    except CheckpointError as e:
+        return [str(e)]
+    out = []
+    recorded = state.get("files") if isinstance(state.get("files"), dict) else {}
+    for name in need:
+        f = path / f"{name}.safetensors"
+        if not f.is_file():
+            out.append(f"{f.name} is missing")
+            continue
+        rec = recorded.get(f.name)
+        if isinstance(rec, dict):                # written with sizes and digests: compare them
+            st = f.stat()
+            stamp = (st.st_size, st.st_mtime_ns, rec.get("sha256"))
+            if size_ok := st.st_size == rec.get("bytes"):
+                if _verified.get(f) == stamp:    # hashed already, unchanged since
+                    continue
+                if _sha256(f) == rec.get("sha256"):
+                    _verified[f] = stamp
+                    continue
+            out.append(f"{f.name} is damaged (its SHA-256 differs from the one written)" if size_ok else
+                       f"{f.name} is {'truncated' if st.st_size < (rec.get('bytes') or 0) else 'longer than written'}"
+                       f" ({st.st_size} of {rec.get('bytes')} bytes)")
+            continue
+        try:                                     # an older checkpoint: the tensors must at least load
+            load_file(str(f))
+        except Exception as e:  # safetensors raises its own error types
+            out.append(f"{f.name} cannot be read ({str(e).splitlines()[0][:120] or type(e).__name__})")
+    if "optimizer" in need and not isinstance(state.get("optimizer"), dict):
+        out.append("state.json lacks the optimizer state")
+    return out
+
+
+def verify(path, need: tuple[str, ...] = FILES) -> Path:
+    """``path`` if the checkpoint is intact for ``need``, else CheckpointError listing its problems."""
+    bad = problems(path, need)
+    if bad:
+        raise CheckpointError(f"checkpoint {path} is damaged: {'; '.join(bad)}")
+    return Path(path)
+
+
+def load_checkpoint(path, *, weights: tuple[str, ...] = FILES) -> dict:
+    """Read a verified checkpoint directory: {'state': dict, 'model': tensors, 'ema': ..., 'optimizer':
+    state_dict}, for the weights files named in ``weights`` (each must be present and intact)."""
+    path = verify(path, weights)
+    out = {"state": _load_state(path), "path": path}
     for name in weights:
         f = path / f"{name}.safetensors"
-        if not f.exists():
-            continue
         try:
             tensors = load_file(str(f))
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointError(f"cannot read {f}: {e}") from None
         if name == "optimizer":
-            out[name] = optimizer_from_flat(tensors, out["state"].get("optimizer", {"state": {}, "param_groups": []}))
+            out[name] = optimizer_from_flat(tensors, out["state"]["optimizer"])
         else:
             out[name] = tensors
     return out
@@ -183,13 +316,25 @@ def recover(ckpt_root: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def step_checkpoints(ckpt_root) -> list[Path]:
-    """Complete step_N checkpoints under ckpt_root, oldest first."""
+def step_dirs(ckpt_root) -> list[Path]:
+    """Every step_N directory under ckpt_root, intact or not, oldest first."""
     root = Path(ckpt_root)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_RE.match(p.name)) and is_checkpoint(p)]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_RE.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found)]
+
+
+def step_checkpoints(ckpt_root) -> list[Path]:
+    """Complete-looking step_N checkpoints under ckpt_root, oldest first (:func:`problems` checks them)."""
+    return [p for p in step_dirs(ckpt_root) if is_checkpoint(p)]
+
+
+def newest_intact(ckpt_root, need: tuple[str, ...] = FILES) -> Optional[Path]:
+    for p in reversed(step_dirs(ckpt_root)):
+        if not problems(p, need):
+            return p
+    return None
 
 
 def prune(ckpt_root, keep_last: int) -> None:
@@ -198,25 +343,45 @@ def prune(ckpt_root, keep_last: int) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def resolve_checkpoint(path, which: str = "latest") -> Path:
-    """A checkpoint directory from a checkpoint directory itself or a run directory (``which``: latest | best).
-    Read-only: it never changes the directory (a run may be writing it)."""
+def _warn(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def resolve_checkpoint(path, which: str = "latest", *, need: tuple[str, ...] = FILES,
+                       log: Callable[[str], None] = _warn) -> Path:
+    """The checkpoint to use, from a checkpoint directory itself (which must be intact) or a run directory
+    (``which``: latest | best): the newest intact one, each damaged one newer than it named through ``log`` and
+    skipped; with none intact, one CheckpointError that lists what is wrong with each. ``need``: the weights
+    files the caller will read. Read-only: it never changes the directory (a run may be writing it)."""
     path = Path(path)
-    if is_checkpoint(path):
-        return path
+    if (path / "state.json").exists() or (not (path / "checkpoints").is_dir() and path.is_dir() and (
+            STEP_RE.match(path.name) or path.name == "best")):
+        return verify(path, need)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; give a run directory (runs/NAME) or a checkpoint directory")
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    cands = list(reversed(step_dirs(root)))
     if which == "best":  # read-only: a save of best/ interrupted between its two renames left it as .best.old-*
-        for cand in [root / "best", *sorted(root.glob(".best.old-*"))]:
-            if is_checkpoint(cand):
-                return cand
-    ckpts = step_checkpoints(root)
-    if which == "best" and not ckpts:
-        raise CheckpointError(f"no best checkpoint under {root}")
-    if not ckpts:
-        raise CheckpointError(f"no complete checkpoint under {root}; has the run saved one yet?")
-    return ckpts[-1]
+        bests = [c for c in [root / "best", *sorted(root.glob(".best.old-*"))] if c.exists()]
+        if not bests and not cands:
+            raise CheckpointError(f"no best checkpoint under {root}")
+        cands = bests + cands
+    if not cands:
+        raise CheckpointError(f"no checkpoint under {root}; has the run saved one yet?")
+    damaged = []
+    for c in cands:
+        bad = problems(c, need)
+        if not bad:
+            for d, why in damaged:
+                log(f"skipping damaged checkpoint {d}: {'; '.join(why)}")
+            if damaged:
+                kind = " (not the best by validation loss: that one is damaged)" if which == "best" and \
+                    c.name != "best" and not c.name.startswith(".best") else ""
+                log(f"using {c}{kind}")
+            return c
+        damaged.append((c, bad))
+    raise CheckpointError(f"no intact checkpoint under {root}: " + "; ".join(
+        f"{d.name}: {', '.join(why)}" for d, why in damaged) + ". Train again (--force) or restore the files")
 
 
 def load_weights(module: torch.nn.Module, tensors: dict, what: str) -> None:

@@ -29,8 +29,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..config import Config, parse_duration, save_config
 from ..data import ImageDataset
 from ..rng import StepRNG, mix_seed
+from .. import faults
 from . import checkpoint as ck
-from .dist import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed, teardown
+from .dist import (DistInfo, PeerLost, _first_line, all_reduce_sum, barrier, broadcast_object, init_distributed,
+                   is_peer_error, teardown)
 
 
 class TrainingDiverged(RuntimeError):
@@ -74,6 +76,26 @@ class TrainResult:
     checkpoint: Optional[Path]
     interrupted: bool = False
     history: list = field(default_factory=list)
+    signal: Optional[int] = None     # the signal that interrupted the run (SIGINT, SIGTERM)
+    already_done: bool = False       # resumed a run whose budget was used up: nothing was trained
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the records after ``step`` from metrics.jsonl (a resumed run replays those steps), atomically; a
+    damaged line (a write cut short by a kill) is dropped too."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            keep.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(keep))
+    tmp.replace(path)
 
 
 # ------------------------------------------------------------------------------------------------ pieces
@@ -167,7 +189,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
     t = cfg.train
     run_dir = Path(run_dir)
     ckpt_root = run_dir / "checkpoints"
-    info = init_distributed(t.device)
+    info = init_distributed(t.device, timeout_s=t.dist_timeout)
     dev = info.device
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
@@ -196,7 +218,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
         path = None
         if info.is_main:
             ck.recover(ckpt_root)  # only the writer repairs what an interrupted save left
-            path = ck.resolve_checkpoint(run_dir)
+            path = ck.resolve_checkpoint(run_dir)   # the newest intact one; damaged ones are named on stderr
         path = Path(broadcast_object(str(path), info))  # every process resumes from the same checkpoint
         loaded = ck.load_checkpoint(path)
         diffs = config_mismatch(loaded["state"]["config"], cfg)
@@ -214,7 +236,16 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
                           best_val=math.inf if s.get("best_val") is None else s["best_val"])
         if info.is_main:
             ck.set_rng_state(s["rng"])
-            log(f"resumed from {path} at step {state.step} ({state.time_used:.1f}s of training used)")
+            truncate_metrics(run_dir / "metrics.jsonl", state.step)
+            if _budget_used(t, state, budget_s):
+                log(f"{run_dir} is already finished: step {state.step}, {state.time_used:.1f}s of training "
+                    f"(train.max_steps={t.max_steps}, train.time_budget={t.time_budget}); raise one of them "
+                    "to train further")
+            else:
+                log(f"resumed from {path} at step {state.step} ({state.time_used:.1f}s of training used)")
+        if _budget_used(t, state, budget_s):
+            teardown(info)
+            return TrainResult(state=state, run_dir=run_dir, checkpoint=path, already_done=True)
     if info.is_main:
         save_config(cfg, run_dir / "config.yaml")  # after the resume check, so a rejected config is not kept
 
@@ -227,8 +258,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
     metrics_path = run_dir / "metrics.jsonl"
 
     def done() -> bool:
-        return ((t.max_steps is not None and state.step >= t.max_steps)
-                or (budget_s is not None and state.time_used >= budget_s))
+        return _budget_used(t, state, budget_s)
 
     def progress_frac() -> float:
         fr = []
@@ -279,9 +309,10 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
     def on_signal(signum, frame):
         if stop["flag"]:
             raise KeyboardInterrupt
-        stop["flag"] = True
+        stop["flag"], stop["signal"] = True, signum
         if info.is_main:
-            log(f"\nreceived signal {signum}: saving a checkpoint after this step (press Ctrl-C again to abort)")
+            log(f"\nreceived {signal.Signals(signum).name}: stopping after this step to save a checkpoint "
+                "(press Ctrl-C again to abort without saving)")
 
     old_handlers = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -362,6 +393,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
                 torch.cuda.synchronize(dev)
             tail = time.perf_counter() - t_coll
             state.step += 1
+            faults.point(f"step.{state.step}")
             state.samples_seen += t.batch_size
             state.time_used += step_time
             window_loss += loss_val
@@ -387,6 +419,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
             if stop_votes > 0:  # Ctrl-C / SIGTERM: save at once (torchrun kills workers 30 s later), then leave
                 if info.is_main:
                     last_ckpt = save()
+                    log(f"saved {last_ckpt}; continue with --resume")
                 barrier(info)
                 interrupted = True
                 break
@@ -407,6 +440,15 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
                     if cb.every and state.step % cb.every == 0 and not finishing:
                         cb.fn(ctx)
             barrier(info)
+    except (PeerLost, RuntimeError) as e:
+        if not isinstance(e, PeerLost) and not (info.enabled and is_peer_error(e)):
+            raise
+        if not isinstance(e, PeerLost):
+            e = _first_line(e)
+        good = ck.newest_intact(ckpt_root)
+        raise PeerLost(f"process {info.rank} lost the other training processes at step {state.step} ({e}); "
+                       f"this step was not saved. Last good checkpoint: {good or 'none yet'}; resume with "
+                       "--resume once every process can run") from None
     finally:
         if bar is not None:
             bar.close()
@@ -417,6 +459,16 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
         ctx.final = True
         for cb in callbacks:
             cb.fn(ctx)
-    barrier(info)
+    try:
+        barrier(info, final=True)
+    except PeerLost as e:
+        raise PeerLost(f"process {info.rank} lost the other training processes after the last step ({e}); the "
+                       f"final checkpoint is {ck.newest_intact(ckpt_root) or 'missing'}") from None
     teardown(info)
-    return TrainResult(state=state, run_dir=run_dir, checkpoint=last_ckpt, interrupted=interrupted, history=history)
+    return TrainResult(state=state, run_dir=run_dir, checkpoint=last_ckpt, interrupted=interrupted, history=history,
+                       signal=stop.get("signal") if interrupted else None)
+
+
+def _budget_used(t, state: LoopState, budget_s: Optional[float]) -> bool:
+    return ((t.max_steps is not None and state.step >= t.max_steps)
+            or (budget_s is not None and state.time_used >= budget_s))
