@@ -238,7 +238,7 @@ def load_run(ckpt, *, which: str = "latest", use_ema: bool = True, device: str =
     from .methods import get_method
 
     which_w = "ema" if use_ema else "model"       # the raw weights only when asked for (--raw)
-    path = ck.resolve_checkpoint(ckpt, which, need=("model", which_w))
+    path = ck.resolve_checkpoint(ckpt, which, need=(which_w,))
     state = ck.read_state(path)
     try:
         cfg = from_dict(state["config"])
@@ -290,6 +290,7 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
 
     check_options(n=n, steps=steps, eta=eta, seed=seed, batch_size=batch_size, temperature=temperature, top_k=top_k,
                   k=k, guidance=guidance, classifier_scale=classifier_scale, lowres_t=lowres_t, nrow=nrow)
+    out_kind = None if process else output_kind(out)
     cfg, method, model, state = load_run(ckpt, which=which, use_ema=use_ema, device=device)
     opts = {key: v for key, v in dict(sampler=sampler, steps=steps, eta=eta, temperature=temperature, top_k=top_k,
                                      k=k, order=order, guidance=guidance).items() if v is not None}
@@ -346,20 +347,41 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
     if out is None:
         return x, nfe, None
     path = Path(out)
-    if str(out).endswith(("/", os.sep)) or path.is_dir():
+    if out_kind == "dir":
         from .report.images import grid
 
         path.mkdir(parents=True, exist_ok=True)
+        (path / SAMPLES_MARKER).touch()
         for i in range(n):
             grid(x[i:i + 1], pad=0).save(path / f"{seed + i:06d}.png")
-    elif path.suffix.lower() == ".npy":
+    elif out_kind == "npy":
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, from_model(x, levels).numpy().astype(np.uint8))
-    elif path.suffix.lower() == ".png":
-        save_grid(x, path, nrow=nrow)
     else:
-        raise ValueError(f"--out {out}: use a .png (grid), a .npy (array of levels) or a directory ending in /")
+        save_grid(x, path, nrow=nrow)
     return x, nfe, path
+
+
+SAMPLES_MARKER = ".genlab-samples"
+
+
+def output_kind(out) -> Optional[str]:
+    """What ``--out`` asks for (png | npy | dir), checked before any sampling: a directory is filled only when it
+    is new, empty or one that genlab sample filled before (it holds .genlab-samples), so a user's folder of PNGs
+    is never overwritten."""
+    if out is None:
+        return None
+    path = Path(out)
+    if str(out).endswith(("/", os.sep)) or path.is_dir():
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"--out {out} is a file, not a directory")
+        if path.is_dir() and any(path.iterdir()) and not (path / SAMPLES_MARKER).exists():
+            raise ValueError(f"--out {out} is a directory with files genlab did not write; give a new or empty "
+                             "directory for one PNG per sample")
+        return "dir"
+    if path.suffix.lower() in (".npy", ".png"):
+        return path.suffix.lower()[1:]
+    raise ValueError(f"--out {out}: use a .png (grid), a .npy (array of levels) or a directory ending in /")
 
 
 def prompt_tokens(model, prompt, n: int) -> Optional[torch.Tensor]:
@@ -512,6 +534,10 @@ def demo(*, name: str = "demo", time_budget: str = "100s", runs_root=None, force
     res = train("digits_ddpm", [f"train.time_budget={time_budget}"], name=name, force=force or name == "demo",
                 runs_root=runs_root, progress=progress)
     run_dir = res.run_dir
+    if res.interrupted:
+        from .train.loop import Interrupted
+
+        raise Interrupted(res.signal)
     sample(run_dir, n=8, process=True, out=run_dir / "process.png", seed=0)
     loss_plot(run_dir / "metrics.jsonl", run_dir / "loss.png")
     print(f"\ndemo done in {time.time() - t0:.0f}s: {res.state.step} steps, "

@@ -240,16 +240,42 @@ def _user_errors() -> tuple:
     from .train.dist import PeerLost
     from .train.loop import TrainingDiverged
 
+    import torch
+
     return (ConfigError, CheckpointError, TrainingDiverged, DownloadError, FeatureError, PeerLost, OSError,
-            ValueError, SafetensorError, yaml.YAMLError, MemoryError)
+            ValueError, SafetensorError, yaml.YAMLError, MemoryError, torch.OutOfMemoryError, ImportError)
+
+
+def _is_users(e: BaseException) -> bool:
+    """Whether an exception of :func:`_user_errors` carries a message genlab meant for the user: genlab's own
+    error types, OS and memory faults, unreadable safetensors or YAML files, genlab's "pip install" hints, and
+    ValueErrors raised by genlab's own code. A ValueError raised deep inside a library that genlab did not turn
+    into its own message, or a failed import of a module, is a path genlab did not anticipate (a bug): it keeps
+    its traceback."""
+    import yaml
+    from safetensors import SafetensorError
+
+    if type(e).__module__.split(".")[0] == "genlab" or type(e).__name__ == "OutOfMemoryError":
+        return True
+    if isinstance(e, (OSError, MemoryError, SafetensorError, yaml.YAMLError)):
+        return True
+    if isinstance(e, ImportError):
+        return e.name is None
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    import os
+
+    return tb is None or os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(
+        os.path.dirname(os.path.abspath(__file__)) + os.sep)
 
 
 def _one_line(e: BaseException) -> str:
     msg = str(e).strip() or type(e).__name__
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         msg = f"{e.filename}: {e.strerror}"
-    if isinstance(e, MemoryError):
-        msg = f"out of memory{': ' + msg if msg != 'MemoryError' else ''}; use a smaller --batch-size or --n"
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        msg = f"out of memory ({msg.splitlines()[0][:150]}); use a smaller --batch-size or --n, or a smaller model"
     return msg
 
 
@@ -269,13 +295,13 @@ def main(argv=None) -> int:
     debug = os.environ.get("GENLAB_DEBUG", "") not in ("", "0")
     try:
         return _run(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if debug:
             raise
         print("interrupted", file=sys.stderr)
-        return 130
+        return 128 + (getattr(e, "signal", None) or 2)      # 130 after SIGINT, 143 after SIGTERM
     except _user_errors() as e:
-        if debug:
+        if debug or not _is_users(e):
             raise
         print(f"genlab {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -320,6 +346,9 @@ def _run(args) -> int:
     elif args.command == "featnet":
         from .eval.features import default_cache_dir, train_featnet
 
+        from .config import CommandOptions, check_value
+
+        check_value(CommandOptions, "seed", args.seed)
         train_featnet(args.data, root=args.root, seed=args.seed)
         print(f"saved under {default_cache_dir()}")
     elif args.command == "compare":

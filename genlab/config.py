@@ -202,7 +202,7 @@ class TrainConfig:
     keep_last: int = num(2, 0, 10 ** 6)  # checkpoints kept besides the best by validation loss
     sample_every: int = num(0, 0, BIG)  # steps between sample grids written to the run (0: only at the end)
     eval_every: int = num(0, 0, BIG)   # steps between FID evaluations (0: none); also at the end when > 0
-    eval_n: int = num(500, 2, 10 ** 7)  # samples per evaluation (drawn with the sample.* settings, EMA weights)
+    eval_n: int = num(500, 4, 10 ** 7)  # samples per evaluation (drawn with the sample.* settings, EMA weights)
     num_threads: int = num(0, 0, 4096)  # torch CPU threads (0: leave torch's default)
     dist_timeout: float = num(120.0, 1.0, 86400.0)  # DDP: seconds a process waits for a lost peer before it exits
 
@@ -287,13 +287,16 @@ def _choices() -> dict:
 
 def parse_duration(value) -> float:
     """Seconds from ``300``, ``"300s"``, ``"5m"``, ``"1.5h"``."""
-    if isinstance(value, (int, float)):
-        return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = f"{value}s"
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|sec|m|min|h)?\s*", str(value))
     if not m:
         raise ConfigError(f"train.time_budget={value!r} is not a duration; write e.g. 300s, 5m or 1h")
     scale = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
-    return float(m.group(1)) * scale
+    seconds = float(m.group(1)) * scale
+    if not seconds <= 10 * 365 * 86400:          # also refuses inf (a number too long for a float)
+        raise ConfigError(f"train.time_budget={value!r} is longer than ten years; give a finite budget")
+    return seconds
 
 
 def check_ranges(obj, prefix: str = "") -> None:
@@ -501,7 +504,7 @@ def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str
         path = find_config(name_or_path)
         try:
             d = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
         if not isinstance(d, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")

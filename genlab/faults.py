@@ -7,7 +7,8 @@ process (of rank R, default any) passes ``POINT``, do ACTION:
 - ``enospc``: raise ``OSError(ENOSPC)`` (a full disk); ``eacces``: raise ``PermissionError``.
 
 Points: ``step.N`` after training step N; ``ckpt.model``, ``ckpt.ema``, ``ckpt.optimizer`` after each file of a
-checkpoint write, ``ckpt.state`` before its state.json, ``ckpt.rename`` before the rename into place. Without
+checkpoint write, ``ckpt.state`` before its state.json, ``ckpt.rename`` before the rename into place,
+``ckpt.swap`` between renaming an existing checkpoint (``best/``) aside and the new one into place. Without
 the variable (every normal run) a point costs one dictionary lookup.
 """
 from __future__ import annotations

@@ -11,6 +11,7 @@ A run made before the marker existed is recognised by its ``config.yaml`` and ``
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -57,12 +58,24 @@ def check_run_name(name) -> str:
     return name
 
 
-def is_run_dir(path) -> bool:
-    """A directory genlab made for a run: it holds the marker, or (older runs) config.yaml and checkpoints/."""
+def is_run_dir(path, follow_link: bool = False) -> bool:
+    """A directory genlab made for a run: it holds the marker, or (older runs) a config.yaml that reads as a
+    genlab config and a checkpoints/ directory. A symbolic link counts only with ``follow_link`` (resuming
+    through a link deletes nothing)."""
     p = Path(path)
-    if p.is_symlink() or not p.is_dir():
+    if (p.is_symlink() and not follow_link) or not p.is_dir():
         return False
-    return (p / RUN_MARKER).is_file() or ((p / "config.yaml").is_file() and (p / "checkpoints").is_dir())
+    if (p / RUN_MARKER).is_file():
+        return True
+    if not ((p / "config.yaml").is_file() and (p / "checkpoints").is_dir()):
+        return False
+    try:
+        import yaml
+
+        cfg = yaml.safe_load((p / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return isinstance(cfg, dict) and {"method", "model", "train"} <= set(cfg)
 
 
 def write_marker(run_dir: Path) -> None:
@@ -84,7 +97,11 @@ class RunLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             _lock(fd)
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise RunError(f"cannot lock {self.path}: {e.strerror} (this file system may not support "
+                               "locks; put the runs on a local disk with --runs-dir)") from None
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise RunBusy(f"{self.path.parent} is being trained by {holder}; wait for it to finish or stop it "
@@ -160,7 +177,7 @@ def prepare_run_dir(name: str, *, runs_root=None, resume: bool = False, force: b
     if resume:
         if not exists:
             raise FileNotFoundError(f"cannot resume: {run_dir} does not exist (start it without --resume)")
-        if not is_run_dir(run_dir):
+        if not is_run_dir(run_dir, follow_link=True):
             raise RunError(f"cannot resume: {run_dir} is not a genlab run (no config.yaml and checkpoints/)")
         return run_dir, RunLock(run_dir).acquire()
     if exists and (run_dir.is_symlink() or not run_dir.is_dir()):

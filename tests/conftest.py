@@ -52,6 +52,17 @@ def random_unet(channel_mults=(1,), std=0.3, **kw):
     return net
 
 
+@pytest.fixture(scope="session")
+def cond_run(tmp_path_factory):
+    """A tiny class-conditional diffusion run (trained with label dropout, so guidance applies); read-only."""
+    import genlab.api as api
+
+    root = tmp_path_factory.mktemp("condrun")
+    api.train("digits_cfg", TINY + ["train.max_steps=2", "diffusion.cond_drop=0.2"], name="c", runs_root=root,
+              progress=False)
+    return root / "c"
+
+
 @pytest.fixture
 def tiny():
     return list(TINY)

@@ -63,7 +63,7 @@ def test_options_of_another_method_and_bad_values_are_clear_errors(runs, capsys)
              (["--ckpt", str(runs / "ao"), "--k", "0"], "integer in 1..64"),
              (["--ckpt", str(runs / "ao"), "--k", "65"], "integer in 1..64"),
              (["--ckpt", str(runs / "ao"), "--order", "spiral"], "random, raster"),
-             (["--ckpt", str(runs / "tf"), "--temperature", "0"], "temperature must be > 0")]
+             (["--ckpt", str(runs / "tf"), "--temperature", "0"], "temperature=0.0 must be a number in (0, 100]")]
     for args, msg in cases:
         assert main(["sample", *args, "--n", "2", "--out", "/tmp/never.png"]) == 2, args
         assert msg in capsys.readouterr().err, args

@@ -14,8 +14,8 @@ from conftest import TINY, record
 FILES = ["model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json"]
 DAMAGE = ["truncated", "emptied", "garbled", "removed"]
 USES = ["sample", "eval", "resume"]
-NEEDED = {"sample": {"model.safetensors", "ema.safetensors", "state.json"},
-          "eval": {"model.safetensors", "ema.safetensors", "state.json"},
+NEEDED = {"sample": {"ema.safetensors", "state.json"},       # (sampling reads the EMA weights, --raw the raw)
+          "eval": {"ema.safetensors", "state.json"},
           "resume": set(FILES)}
 
 
@@ -67,7 +67,7 @@ def test_damaged_latest_checkpoint_is_skipped(base, tmp_path, capsys, name, how,
         assert f"skipping damaged checkpoint {run / 'checkpoints' / 'step_0000006'}: {name}" in err, err
         assert "using" in err and "step_0000003" in err
     else:
-        assert "skipping" not in err       # the optimizer file is not read for sampling
+        assert "skipping" not in err       # a file this use does not read (the optimizer, the raw weights)
     if what == "resume":
         assert ck.read_state(ck.resolve_checkpoint(run))["step"] == 7
     record("damaged files tried")
@@ -108,8 +108,48 @@ def test_missing_ema_never_silently_means_raw_weights(base, tmp_path, capsys):
 def test_best_checkpoint_damaged_falls_back_with_a_message(base, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(base, run)
-    damage(run / "checkpoints" / "best" / "model.safetensors", "garbled")
+    damage(run / "checkpoints" / "best" / "ema.safetensors", "garbled")
     assert main(["sample", "--ckpt", str(run), "--which", "best", "--n", "2", "--steps", "1", "--out",
                  str(tmp_path / "b.png")]) == 0
     err = capsys.readouterr().err
     assert "skipping damaged checkpoint" in err and "SHA-256" in err and "not the best" in err
+
+
+def _as_before_this_change(ckpt) -> None:
+    """Drop the sizes, digests and state digest, as checkpoints written before they existed lack them."""
+    import json
+
+    st = json.loads((ckpt / "state.json").read_text())
+    st.pop("files"), st.pop("check")
+    (ckpt / "state.json").write_text(json.dumps(st))
+
+
+@pytest.mark.parametrize("how", ["intact", "truncated", "garbled-header"])
+def test_checkpoints_from_before_the_digests(base, tmp_path, capsys, how):
+    """Older checkpoints (no sizes or digests in state.json) still load; their tensors must at least parse."""
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    for c in ck.step_dirs(run / "checkpoints"):
+        _as_before_this_change(c)
+    f = run / "checkpoints" / "step_0000006" / "ema.safetensors"
+    if how == "truncated":
+        damage(f, "truncated")
+    elif how == "garbled-header":
+        f.write_bytes(b"\xff" * 16 + f.read_bytes()[16:])
+    assert use("sample", run, tmp_path) == 0
+    err = capsys.readouterr().err
+    assert ("skipping damaged checkpoint" in err) == (how != "intact"), err
+    assert use("resume", run, tmp_path) == 0
+
+
+def test_pruning_never_counts_a_damaged_checkpoint(base, tmp_path):
+    """Resuming past a damaged checkpoint with train.keep_last=1 keeps an intact one at every moment."""
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    damage(run / "checkpoints" / "step_0000006" / "model.safetensors", "garbled")
+    assert main(["train", *TINY, "train.max_steps=5", "train.ckpt_every=1", "train.keep_last=1",
+                 "train.val_every=0", "--name", "run", "--runs-dir", str(tmp_path), "--resume",
+                 "--no-progress"]) == 0
+    names = [p.name for p in ck.step_dirs(run / "checkpoints")]
+    assert names == ["step_0000005", "step_0000006"], names       # the damaged one is left, not counted
+    assert ck.resolve_checkpoint(run).name == "step_0000005"

@@ -91,3 +91,28 @@ def test_a_process_that_loses_its_peer_exits_with_one_line(tmp_path, tiny, subpr
     assert "Last good checkpoint:" in lines[0] and "step_0000003" in lines[0] and "--resume" in lines[0]
     assert "stopping after this step to save" not in err and "saved /" not in err   # no promise it cannot keep
     assert elapsed < 20 + 60, f"took {elapsed:.0f}s"
+
+
+def test_under_torchrun_a_survivor_waiting_for_process_0_exits_with_one_line(tmp_path, tiny, subprocess_env):
+    """Process 0 dies inside a checkpoint write while process 1 waits for it. torchrun's own store outlives
+    process 0, so the wait cannot notice by itself: torchrun's SIGTERM starts the train.dist_timeout clock."""
+    import time
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    logs = tmp_path / "logs"
+    args = ["train", *tiny, "train.max_steps=100000", "train.ckpt_every=4", "train.val_every=0",
+            "train.num_threads=1", "train.device=cpu", "train.dist_timeout=5", "--runs-dir", str(tmp_path),
+            "--name", "t", "--no-progress"]
+    env = dict(subprocess_env, GENLAB_FAULT="kill@ckpt.ema#2:r0")
+    t0 = time.time()
+    p = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "--log-dir", str(logs), "--redirects",
+                        "3", "-m", "genlab.cli", *args], env=env, capture_output=True, text=True, timeout=240)
+    elapsed = time.time() - t0
+    assert p.returncode != 0
+    (err1,) = [f.read_text() for f in logs.rglob("stderr.log") if f.parent.name == "1"]
+    assert "Traceback" not in err1, err1
+    lines = [x for x in err1.splitlines() if "error:" in x]
+    assert len(lines) == 1 and "process 1 lost the other training processes" in lines[0], err1
+    assert "step_0000004" in lines[0], lines[0]
+    assert "waitForInput" not in err1, "no warning per poll while waiting"
+    assert elapsed < 120, f"took {elapsed:.0f}s"

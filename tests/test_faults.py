@@ -56,7 +56,10 @@ def _run(ctx, tmp_path, name, *extra, fault=None):
     p = ctx.Process(target=faultchild.run, args=(argv, {"GENLAB_FAULT": fault} if fault else {}, str(log)))
     p.start()
     p.join(120)
-    assert p.exitcode is not None, "the run hung"
+    if p.exitcode is None:
+        p.kill()
+        p.join()
+        pytest.fail(f"the run hung: {argv}\n{log.read_text()}")
     return p.exitcode, log.read_text()
 
 
@@ -155,7 +158,6 @@ def test_resume_does_not_duplicate_metrics_and_a_finished_run_says_so(tmp_path, 
     api.train("digits_ddpm", over, name="m", runs_root=tmp_path, progress=False)
     run = tmp_path / "m"
     # as if killed at step 20 before its checkpoint: the latest is step 15 but the log reached step 20
-    ck.resolve_checkpoint(run)                      # step_20
     import shutil
     shutil.rmtree(run / "checkpoints" / "step_0000020")
     api.train("digits_ddpm", over, name="m", runs_root=tmp_path, resume=True, progress=False)
@@ -166,3 +168,17 @@ def test_resume_does_not_duplicate_metrics_and_a_finished_run_says_so(tmp_path, 
     out = capsys.readouterr()
     assert rc == 0 and "already finished" in out.out + out.err and "nothing to do" in out.out
     assert [r["step"] for r in _metrics(run) if "loss" in r] == list(range(1, 21))
+
+
+def test_kill_between_the_two_renames_of_best(ctx, tmp_path):
+    """Replacing best/ renames the old one aside, then the new one in: a kill between the two leaves
+    .best.old-*, which readers use and a resume puts back."""
+    code, out = _run(ctx, tmp_path, "swap", "train.val_every=2", "train.max_steps=12", fault="kill@ckpt.swap#1")
+    assert code == -signal.SIGKILL, out
+    root = tmp_path / "runs" / "swap" / "checkpoints"
+    assert not (root / "best").exists() and list(root.glob(".best.old-*"))
+    assert ck.resolve_checkpoint(root.parent, "best").name.startswith(".best.old-")   # readers still find it
+    code, out = _run(ctx, tmp_path, "swap", "train.val_every=2", "train.max_steps=12", "--resume")
+    assert code == 0, out
+    assert ck.problems(root / "best") == [] and not list(root.glob(".*"))
+    record("kills survived")

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import genlab.api as api
 from genlab.cli import main
 from genlab.config import Config
 
@@ -34,7 +33,20 @@ def cli(argv) -> int:
 
 
 def snapshot(root):
-    return sorted((str(p.relative_to(root)), p.stat().st_size if p.is_file() else -1) for p in root.rglob("*"))
+    """Every path under root with a digest of its bytes (directories: None)."""
+    import hashlib
+
+    return sorted((str(p.relative_to(root)), hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None)
+                  for p in root.rglob("*"))
+
+
+@pytest.fixture(autouse=True)
+def _in_a_scratch_directory(tmp_path_factory, monkeypatch):
+    """Each fuzz test runs in an empty working directory that must stay empty: nothing is written beside."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(cwd)
+    yield
+    assert not any(cwd.iterdir()), f"files written into the working directory: {list(cwd.iterdir())}"
 
 
 # ------------------------------------------------------------------------------------------- strategies
@@ -72,14 +84,6 @@ def test_config_overrides(tmp_path, capsys, overrides):
     assert rc in (0, 2), capsys.readouterr().err
     assert snapshot(tmp_path) == before, "a dry run writes nothing"
     record("fuzz examples run")
-
-
-@pytest.fixture(scope="module")
-def cond_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fuzzrun")
-    api.train("digits_cfg", TINY + ["train.max_steps=2", "diffusion.cond_drop=0.2"], name="c", runs_root=root,
-              progress=False)
-    return root / "c"
 
 
 INTS = st.one_of(st.integers(-2, 4), st.sampled_from(["0", "-1", "nan", "1e3", str(2 ** 40), str(2 ** 70), "",

@@ -64,7 +64,7 @@ def test_force_replaces_only_genlab_runs(user_files, tiny, capsys):
     (runs / "link").symlink_to(user_files / "somewhere", target_is_directory=True)
     rc = main(["train", *tiny, "train.max_steps=1", "--name", "link", "--force", "--runs-dir", str(runs),
                "--no-progress"])
-    assert rc == 2 and "link" in capsys.readouterr().err
+    assert rc == 2 and "is not a run directory (a file or a link)" in capsys.readouterr().err
     assert (user_files / "somewhere" / "thesis.tex").exists()
     # a genlab run is replaced, and keeps its marker
     assert main(["train", *tiny, "train.max_steps=1", "--name", "r", "--runs-dir", str(runs), "--no-progress"]) == 0
@@ -163,6 +163,7 @@ def test_compare_fresh_removes_only_what_compare_wrote(tmp_path):
     old = tmp_path / "old"
     old.mkdir()
     (old / "results.json").write_text(json.dumps({"_mode": "full"}))
+    (old / "index.html").write_text("<html></html>")
     prepare_out(old)
     assert (old / COMPARE_MARKER).is_file()
     record("path cases", 2)
@@ -173,3 +174,30 @@ def test_compare_method_names_are_run_names(tmp_path, capsys):
     spec.write_text("budget: 1s\nmethods:\n  - {name: ../../evil, config: digits_ddpm}\n")
     assert main(["compare", "--config", str(spec), "--out", str(tmp_path / "o"), "--quick"]) == 2
     assert "run name" in capsys.readouterr().err
+
+
+def test_force_spares_a_foreign_directory_that_looks_like_an_old_run(tmp_path, tiny, capsys):
+    """Another project's directory with a config.yaml and a checkpoints/ is not an old genlab run."""
+    d = tmp_path / "other"
+    (d / "checkpoints").mkdir(parents=True)
+    (d / "config.yaml").write_text("lr: 0.1\nepochs: 3\n")
+    assert main(["train", *tiny, "train.max_steps=1", "--name", "other", "--force", "--runs-dir", str(tmp_path),
+                 "--no-progress"]) == 2
+    assert "not a genlab run" in capsys.readouterr().err and (d / "config.yaml").exists()
+    record("path cases")
+
+
+def test_sample_out_directory_never_overwrites_a_users_files(cond_run, tmp_path, capsys):
+    d = tmp_path / "photos"
+    d.mkdir()
+    (d / "000000.png").write_bytes(b"my holiday")
+    rc = main(["sample", "--ckpt", str(cond_run), "--n", "2", "--steps", "1", "--out", str(d) + "/"])
+    assert rc == 2 and "did not write" in capsys.readouterr().err
+    assert (d / "000000.png").read_bytes() == b"my holiday"
+    new = tmp_path / "new"
+    for _ in range(2):            # a directory genlab filled may be filled again
+        assert main(["sample", "--ckpt", str(cond_run), "--n", "2", "--steps", "1", "--out", str(new) + "/"]) == 0
+    assert sorted(p.name for p in new.glob("*.png")) == ["000000.png", "000001.png"]
+    # a bad --out is refused before any sampling
+    assert main(["sample", "--ckpt", str(cond_run), "--n", "2", "--out", str(tmp_path / "x.gif")]) == 2
+    record("path cases", 2)

@@ -8,15 +8,11 @@ import genlab.api as api
 from genlab.cli import main
 from genlab.config import CommandOptions, Config, ConfigError, Range, load_config
 
-from conftest import TINY
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("values")
-    api.train("digits_cfg", TINY + ["train.max_steps=2", "diffusion.cond_drop=0.2"], name="c", runs_root=root,
-              progress=False)
-    return root / "c"
+@pytest.fixture
+def run(cond_run):
+    return cond_run
 
 
 def test_nan_learning_rate_is_refused_before_the_run_directory_exists(tmp_path, tiny, capsys):
@@ -95,11 +91,16 @@ def test_integral_list_elements_become_ints():
 def test_every_numeric_field_declares_its_range():
     """Declared once beside the field: every int or float field of the config and of the command options has
     a Range (strings and booleans have their own checks)."""
+    import typing
+
     missing = []
     for sec in [CommandOptions] + [f.default_factory for f in dataclasses.fields(Config) if f.name != "method"]:
+        hints = typing.get_type_hints(sec)
         for f in dataclasses.fields(sec):
-            if f.type in ("int", "float", "list", "Optional[int]", "Optional[float]") and \
-                    not isinstance(f.metadata.get("range"), Range):
+            tp = hints[f.name]
+            args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+            numeric = any(a in (int, float, list, tuple) or typing.get_origin(a) in (list, tuple) for a in args)
+            if numeric and not isinstance(f.metadata.get("range"), Range):
                 missing.append(f"{sec.__name__}.{f.name}")
     assert missing == ["DataConfig.channels"], missing      # channels: the choice 1 | 3, checked by name
 

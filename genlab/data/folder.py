@@ -61,7 +61,10 @@ def find_captions(root: Path, files: list[Path]) -> list[str] | None:
         if any(has_txt):
             raise ValueError(f"{root} has both {CAPTIONS_CSV} and per-image .txt captions; keep one of the two")
         with open(table, newline="", encoding="utf-8-sig") as f:     # -sig: spreadsheets' byte-order mark
-            rows = list(csv.reader(f))
+            try:
+                rows = list(csv.reader(f))
+            except (csv.Error, UnicodeDecodeError) as e:
+                raise ValueError(f"{table} is not a readable UTF-8 CSV file (file,caption): {e}") from None
         if rows and [c.strip().lower() for c in rows[0][:2]] == ["file", "caption"]:
             rows = rows[1:]
         caps = {}
@@ -88,7 +91,13 @@ def find_captions(root: Path, files: list[Path]) -> list[str] | None:
         i = has_txt.index(False)
         raise ValueError(f"{sum(has_txt)} image(s) under {root} have a .txt caption but {files[i]} has none "
                          f"(expected {txts[i]}); give every image a caption, or use {CAPTIONS_CSV}")
-    return [p.read_text(encoding="utf-8").strip() for p in txts]
+    caps = []
+    for p in txts:
+        try:
+            caps.append(p.read_text(encoding="utf-8").strip())
+        except UnicodeDecodeError as e:
+            raise ValueError(f"caption file {p} is not UTF-8 text ({e})") from None
+    return caps
 
 
 def load_folder_dataset(

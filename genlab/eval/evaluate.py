@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import resource
 import time
 from pathlib import Path
@@ -58,7 +59,15 @@ def _npy_dtype(f, path) -> Optional[np.dtype]:
     try:
         major, _ = fmt.read_magic(f)
         reader = {1: fmt.read_array_header_1_0, 2: fmt.read_array_header_2_0}.get(major)
-        return reader(f)[2] if reader else None
+        if reader is None:
+            return None
+        shape, _, dtype = reader(f)
+        need = int(np.prod(shape, dtype=object)) * dtype.itemsize       # (Python ints: no overflow)
+        have = os.fstat(f.fileno()).st_size - f.tell()
+        if need > have:
+            raise ValueError(f"its header announces {shape} x {dtype} ({need} bytes) but only {have} bytes "
+                             "follow")
+        return dtype
     except (ValueError, OSError, EOFError, SyntaxError) as e:   # SyntaxError: header dict that does not parse
         raise ValueError(f"cannot read {path}: its .npy header is damaged or truncated ({e}); {SAMPLES_FIX}") \
             from None
@@ -83,6 +92,9 @@ def read_npy(path: Path, levels: int) -> np.ndarray:
                          f"{SAMPLES_FIX}") from None
 
 
+MIN_SAMPLES = 4
+
+
 def check_samples(levels, data: str = "digits", root: Optional[str] = None, what: str = "samples") -> np.ndarray:
     """The samples as a uint8 array of the dataset's shape and levels, or a ValueError saying what is wrong."""
     ref = reference(data, root)
@@ -100,8 +112,9 @@ def check_samples(levels, data: str = "digits", root: Optional[str] = None, what
     if a.size and (a.min() < 0 or a.max() > ref["levels"] - 1):
         raise ValueError(f"{what}: values must be levels 0..{ref['levels'] - 1} for {data}, found "
                          f"{a.min()}..{a.max()}")
-    if len(a) < 2:
-        raise ValueError(f"{what}: need at least 2 samples, got {len(a)}")
+    if len(a) < MIN_SAMPLES:
+        raise ValueError(f"{what}: need at least {MIN_SAMPLES} samples (precision/recall use 3 nearest "
+                         f"neighbours), got {len(a)}")
     return a.astype(np.uint8)
 
 
@@ -212,6 +225,8 @@ def evaluate_checkpoint(ckpt, *, n: int = 1000, sampler: Optional[str] = None, s
     from ..methods.categorical import check_sample_options
 
     check_options(n=n, seeds=seeds, steps=steps, eta=eta, batch_size=batch_size, **opts)
+    if n < MIN_SAMPLES:
+        raise ValueError(f"n={n}: an evaluation needs at least {MIN_SAMPLES} samples")
     cfg, method, model, state = run or load_run(ckpt, which=which, use_ema=use_ema, device=device)
     opts = {k: v for k, v in dict(opts, sampler=sampler, steps=steps, eta=eta).items() if v is not None}
     check_sample_options(cfg.method, method.sample_options, opts)

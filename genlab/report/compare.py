@@ -62,7 +62,7 @@ def load_spec(name_or_path: str) -> CompareSpec:
     path = find_config(name_or_path)
     try:
         d = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(d, dict) or "methods" not in d:
         raise ConfigError(f"{path} is not a comparison spec: it needs a 'methods' list (see "
@@ -84,6 +84,8 @@ def load_spec(name_or_path: str) -> CompareSpec:
         if bad:
             raise ConfigError(f"{path}: methods[{i}] ({m['name']}): unknown key(s) {sorted(bad)}; "
                               f"allowed: {sorted(METHOD_KEYS)}")
+        _expect(path, f"methods[{i}].overrides", m.get("overrides"), list, str)
+        _expect(path, f"methods[{i}].samplers", m.get("samplers"), list, dict)
         methods.append(MethodSpec(name=str(m["name"]), config=str(m["config"]), overrides=list(m.get("overrides") or []),
                                   samplers=list(m.get("samplers") or [{}]), label=m.get("label")))
     if not methods:
@@ -91,7 +93,19 @@ def load_spec(name_or_path: str) -> CompareSpec:
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: method names must be unique, got {names}")
+    for key in ("data", "overrides"):
+        _expect(path, key, d.get(key), list, str)
+    _expect(path, "eval", d.get("eval"), dict)
+    _expect(path, "quick", d.get("quick"), dict)
     ev = dict(d.get("eval") or {})
+    for k, v in ev.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ConfigError(f"{path}: eval.{k}={v!r} must be a positive integer")
+    q = d.get("quick") or {}
+    _expect(path, "quick.eval", q.get("eval"), dict)
+    for k in ("max_steps", "max_nfe"):
+        if k in q and (isinstance(q[k], bool) or not isinstance(q[k], int) or q[k] < 1):
+            raise ConfigError(f"{path}: quick.{k}={q[k]!r} must be a positive integer")
     bad = set(ev) - set(EVAL_DEFAULTS)
     if bad:
         raise ConfigError(f"{path}: unknown eval key(s) {sorted(bad)}; allowed: {sorted(EVAL_DEFAULTS)}")
@@ -115,23 +129,53 @@ def prepare_out(out: Path, *, fresh: bool = False) -> Path:
     if out.is_dir() and any(out.iterdir()) and not (out / COMPARE_MARKER).is_file():
         legacy = False
         try:
-            legacy = "_mode" in json.loads((out / "results.json").read_text())
-        except (OSError, ValueError, TypeError):
+            res = json.loads((out / "results.json").read_text())
+            legacy = isinstance(res, dict) and "_mode" in res and ((out / "index.html").is_file()
+                                                                   or (out / "img").is_dir())
+        except (OSError, ValueError):
             pass
         if not legacy:
             shown = sorted(p.name for p in out.iterdir())[:3]
             raise ValueError(f"--out {out} holds files genlab compare did not write ({', '.join(shown)} ...); "
                              "choose a new or empty directory for the report")
     if fresh and out.is_dir():
-        for name in WRITTEN:
-            p = out / name
-            if p.is_symlink() or p.is_file():
-                p.unlink()
-            elif p.is_dir():
-                shutil.rmtree(p)
+        from ..runs import RunLock
+
+        locks = []
+        try:
+            for r in sorted((out / "runs").glob("*")) if (out / "runs").is_dir() else []:
+                if r.is_dir() and not r.is_symlink():
+                    locks.append(RunLock(r).acquire())          # refused while a run there is training
+            for name in WRITTEN:
+                p = out / name
+                if p.is_symlink() or p.is_file():
+                    p.unlink()
+                elif p.is_dir():
+                    shutil.rmtree(p)
+        finally:
+            for lock in locks:
+                lock.release()
     (out / "img").mkdir(parents=True, exist_ok=True)
     (out / COMPARE_MARKER).write_text(json.dumps({"written_by": "genlab compare", "files": list(WRITTEN)}))
     return out
+
+
+def _read_json(path: Path) -> dict:
+    """A small JSON file compare wrote, or {} when it is damaged (the work it records is then redone)."""
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _expect(path, key: str, value, tp, item=None) -> None:
+    """ConfigError unless ``value`` is None or a ``tp`` (whose elements are ``item``s)."""
+    if value is None:
+        return
+    if not isinstance(value, tp) or (item is not None and not all(isinstance(v, item) for v in value)):
+        kind = f"a {tp.__name__}" + (f" of {item.__name__} entries" if item else "")
+        raise ConfigError(f"{path}: {key} must be {kind}, got {value!r}")
 
 
 def _family(method: str) -> str:
@@ -156,7 +200,13 @@ def run(spec_name: str = "compare_digits", out="runs/compare", *, quick: bool = 
     if quick:
         ev.update(spec.quick.get("eval", {}))
     results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    try:
+        results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    except ValueError as e:
+        raise ValueError(f"{results_path} is damaged ({e}); rerun with --fresh to start the comparison "
+                         "over") from None
+    if not isinstance(results, dict):
+        raise ValueError(f"{results_path} does not hold compare's results; rerun with --fresh")
     if results.get("_mode") not in (None, "quick" if quick else "full"):
         raise ValueError(f"{out} holds a {'full' if quick else 'quick'} comparison; use another --out or --fresh")
     results["_mode"] = "quick" if quick else "full"
@@ -184,7 +234,7 @@ def run(spec_name: str = "compare_digits", out="runs/compare", *, quick: bool = 
         cfg = api.resolve_config(m.config, overrides)
         run_dir = out / "runs" / m.name
         done = run_dir / "done.json"
-        if not (done.exists() and json.loads(done.read_text()).get("config") == cfg.to_dict()):
+        if not (done.exists() and _read_json(done).get("config") == cfg.to_dict()):
             rec = results[m.name] = {"name": m.name, "rows": {}}     # nothing of an older model survives
             resumable = (run_dir / "checkpoints").is_dir() and not done.exists()
             try:
@@ -197,7 +247,9 @@ def run(spec_name: str = "compare_digits", out="runs/compare", *, quick: bool = 
             res = api.train(cfg, [], name=m.name, runs_root=out / "runs", resume=resumable, force=not resumable,
                             progress=progress)
             if res.interrupted:
-                raise KeyboardInterrupt
+                from ..train.loop import Interrupted
+
+                raise Interrupted(res.signal)
             done.write_text(json.dumps({"config": cfg.to_dict()}))
         which = "best" if _has_best(run_dir) else "latest"
         cfg_, method, model, state = api.load_run(run_dir, which=which)

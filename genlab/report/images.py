@@ -96,7 +96,12 @@ def loss_plot(metrics_jsonl, path) -> Optional[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    recs = []
+    for line in Path(metrics_jsonl).read_text().splitlines():
+        try:
+            recs.append(json.loads(line))
+        except ValueError:          # a line cut short by a kill
+            continue
     tr = [(r["step"], r["loss"]) for r in recs if "loss" in r]
     va = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
     if not tr:

@@ -25,6 +25,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import faults
@@ -136,6 +137,7 @@ def save_checkpoint(path, *, model: dict, ema: Optional[dict] = None, optimizer:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    old = path.parent / f".{path.name}.old-{os.getpid()}"
     try:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -143,15 +145,17 @@ def save_checkpoint(path, *, model: dict, ema: Optional[dict] = None, optimizer:
         _write(tmp, model=model, ema=ema, optimizer=optimizer, state=state)
         faults.point("ckpt.rename")
         if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
             os.replace(path, old)
+            faults.point("ckpt.swap")           # between the two renames: recover() puts the old one back
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except Exception as e:
+    except (OSError, SafetensorError) as e:      # the disk or the file system; anything else is a bug
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            os.replace(old, path)                    # failed between the two renames: put the old one back
         need = tuple(n for n, v in (("model", model), ("ema", ema), ("optimizer", optimizer)) if v is not None)
         good = newest_intact(path.parent, need)
         where = (f"the newest intact checkpoint is {good} (step {read_state(good).get('step')}): fix the cause "
@@ -201,10 +205,10 @@ def _load_state(path: Path) -> dict:
     f = path / "state.json"
     try:
         raw = f.read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise CheckpointError("state.json is missing") from None
-    except OSError as e:
-        raise CheckpointError(f"state.json cannot be read ({e.strerror or e})") from None
+    # other OSErrors (no permission, I/O error, too many open files) are faults of the environment, not damage:
+    # they propagate, so that an older checkpoint is not silently chosen
     if not raw.strip():
         raise CheckpointError("state.json is empty")
     try:
@@ -268,6 +272,8 @@ def problems(path, need: tuple[str, ...] = FILES) -> list[str]:
             continue
         try:                                     # an older checkpoint: the tensors must at least load
             load_file(str(f))
+        except MemoryError:
+            raise
         except Exception as e:  # safetensors raises its own error types
             out.append(f"{f.name} cannot be read ({str(e).splitlines()[0][:120] or type(e).__name__})")
     if "optimizer" in need and not isinstance(state.get("optimizer"), dict):
@@ -338,8 +344,10 @@ def newest_intact(ckpt_root, need: tuple[str, ...] = FILES) -> Optional[Path]:
 
 
 def prune(ckpt_root, keep_last: int) -> None:
-    ckpts = step_checkpoints(ckpt_root)
-    for p in ckpts[:-keep_last] if keep_last > 0 else ckpts[:-1]:
+    """Keep the newest ``keep_last`` intact step checkpoints (at least one); damaged ones neither count nor are
+    removed here (a resumed run overwrites them when it reaches their step)."""
+    intact = [p for p in step_dirs(ckpt_root) if not problems(p)]
+    for p in intact[:-max(keep_last, 1)]:
         shutil.rmtree(p, ignore_errors=True)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -68,13 +69,16 @@ def init_distributed(device: str = "auto", timeout_s: float = 120.0) -> DistInfo
     return DistInfo(rank=rank, world=world, local_rank=local_rank, device=dev)
 
 
-_PEER_ERROR = re.compile(r"gloo|nccl|Connection (reset|closed|refused)|ProcessGroup|[Tt]imed out|[Tt]imeout|"
-                         r"Broken pipe|socket")
+_PEER_ERROR = re.compile(r"gloo|[Nn][Cc][Cc][Ll]|Connection (reset|closed) by peer|DistBackendError")
 
 
 def is_peer_error(e: BaseException) -> bool:
     """A RuntimeError raised by torch.distributed (or by DDP's gradient all-reduce inside backward) because a
     peer died or stopped answering, as opposed to a bug."""
+    from .checkpoint import CheckpointError
+
+    if isinstance(e, (PeerLost, CheckpointError)) or type(e).__module__.startswith("genlab"):
+        return False
     dist_error = getattr(tdist, "DistError", ())
     return isinstance(e, dist_error) or (isinstance(e, RuntimeError) and bool(_PEER_ERROR.search(str(e))))
 
@@ -95,11 +99,13 @@ def teardown(info: DistInfo) -> None:
 _sync = {"n": 0}
 
 
-def barrier(info: DistInfo, poll_s: float = 2.0, final: bool = False) -> None:
+def barrier(info: DistInfo, poll_s: float = 0.05, final: bool = False, stopping=lambda: False,
+            timeout_s: float = 120.0) -> None:
     """Wait until process 0 has finished its own work (checkpoints, grids, evaluations: as long as they take),
     through the rendezvous store: process 0 posts a key, the others poll for it. A store that cannot be
-    reached (process 0 or the launcher died) is PeerLost. ``final``: then a real barrier of every process
-    (before the process group is taken down)."""
+    reached (process 0 died and hosted it) is PeerLost; so is a wait that goes on ``timeout_s`` after
+    ``stopping()`` turned true (torchrun sends SIGTERM to the others when one process dies, and its own store
+    outlives process 0). ``final``: then a real barrier of every process (before the process group goes)."""
     if not info.enabled:
         return
     _sync["n"] += 1
@@ -114,13 +120,15 @@ def barrier(info: DistInfo, poll_s: float = 2.0, final: bool = False) -> None:
         elif info.is_main:
             store.set(key, "1")
         else:
-            while True:
-                try:
-                    store.wait([key], timedelta(seconds=poll_s))
-                    break
-                except RuntimeError as e:          # a timeout of this poll: process 0 is still working
-                    if "timeout" not in str(e).lower() and "timed out" not in str(e).lower():
-                        raise
+            deadline, wait = None, 0.001
+            while not store.check([key]):          # (check, unlike wait, neither times out nor warns)
+                if deadline is None and stopping():
+                    deadline = time.monotonic() + timeout_s
+                if deadline is not None and time.monotonic() > deadline:
+                    raise PeerLost(f"process 0 did not finish within train.dist_timeout={timeout_s:g}s after "
+                                   "this process was told to stop")
+                time.sleep(wait)
+                wait = min(2 * wait, poll_s)
         if final and store is not None:
             tdist.barrier()
     except RuntimeError as e:

@@ -39,6 +39,15 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the weights of that step were not applied."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM after saving; raised by commands that train and then do more (demo,
+    compare), so they stop too. ``signal``: the signal number (exit status 128 + signal)."""
+
+    def __init__(self, signum: Optional[int] = None):
+        super().__init__(f"interrupted by signal {signum}")
+        self.signal = signum
+
+
 @dataclass
 class LoopState:
     step: int = 0
@@ -219,6 +228,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
         if info.is_main:
             ck.recover(ckpt_root)  # only the writer repairs what an interrupted save left
             path = ck.resolve_checkpoint(run_dir)   # the newest intact one; damaged ones are named on stderr
+        barrier(info, timeout_s=t.dist_timeout)         # unbounded: verifying big checkpoints takes time
         path = Path(broadcast_object(str(path), info))  # every process resumes from the same checkpoint
         loaded = ck.load_checkpoint(path)
         diffs = config_mismatch(loaded["state"]["config"], cfg)
@@ -249,7 +259,13 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
     if info.is_main:
         save_config(cfg, run_dir / "config.yaml")  # after the resume check, so a rejected config is not kept
 
-    ddp_model = DDP(model) if info.enabled else model
+    try:
+        ddp_model = DDP(model) if info.enabled else model
+    except RuntimeError as e:
+        if not is_peer_error(e):
+            raise
+        raise PeerLost(f"process {info.rank} could not start with the other training processes "
+                       f"({_first_line(e)})") from None
     data_info = {"shape": list(train_ds.shape), "num_classes": train_ds.num_classes, "levels": train_ds.levels,
                  "class_names": list(train_ds.class_names), "name": train_ds.name}
     tokenizer = getattr(getattr(model, "text", None), "tokenizer", None)
@@ -376,7 +392,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
             if bad is None and scaler is None and not torch.isfinite(grad_norm):
                 bad = f"the gradient norm became {grad_norm.item()} (loss {loss_val:.4g})"
             if bad:  # (fp16's GradScaler handles its own overflows by skipping the step)
-                good = ck.step_checkpoints(ckpt_root)
+                good = [ck.newest_intact(ckpt_root)] if ck.newest_intact(ckpt_root) else []
                 raise TrainingDiverged(
                     f"{bad} at step {state.step} (lr {lr:.3g}); this step's update was not applied and nothing "
                     f"saved was changed. Last good checkpoint: {good[-1] if good else 'none yet'}. Try a lower "
@@ -420,7 +436,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
                 if info.is_main:
                     last_ckpt = save()
                     log(f"saved {last_ckpt}; continue with --resume")
-                barrier(info)
+                barrier(info, stopping=lambda: True, timeout_s=t.dist_timeout)
                 interrupted = True
                 break
             finishing = done()
@@ -439,7 +455,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
                 for cb in callbacks:
                     if cb.every and state.step % cb.every == 0 and not finishing:
                         cb.fn(ctx)
-            barrier(info)
+            barrier(info, stopping=lambda: stop["flag"], timeout_s=t.dist_timeout)
     except (PeerLost, RuntimeError) as e:
         if not isinstance(e, PeerLost) and not (info.enabled and is_peer_error(e)):
             raise
@@ -460,7 +476,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
         for cb in callbacks:
             cb.fn(ctx)
     try:
-        barrier(info, final=True)
+        barrier(info, final=True, stopping=lambda: stop["flag"], timeout_s=t.dist_timeout)
     except PeerLost as e:
         raise PeerLost(f"process {info.rank} lost the other training processes after the last step ({e}); the "
                        f"final checkpoint is {ck.newest_intact(ckpt_root) or 'missing'}") from None
