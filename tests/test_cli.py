@@ -34,7 +34,7 @@ def test_sample_grid_npy_dir_and_process(run, tmp_path, capsys):
     assert arr.shape == (5, 1, 8, 8) and arr.dtype == np.uint8 and arr.max() <= 16
     assert main(["sample", "--ckpt", str(run / "checkpoints" / "step_0000020"), "--n", "3", "--steps", "2",
                  "--seed", "10", "--out", str(tmp_path / "each") + "/"]) == 0
-    assert sorted(p.name for p in (tmp_path / "each").iterdir()) == ["000010.png", "000011.png", "000012.png"]
+    assert sorted(p.name for p in (tmp_path / "each").glob("*.png")) == ["000010.png", "000011.png", "000012.png"]
     assert Image.open(tmp_path / "each" / "000010.png").size == (8, 8)
     assert main(["sample", "--ckpt", str(run), "--n", "3", "--steps", "5", "--process",
                  "--out", str(tmp_path / "p.png")]) == 0
@@ -139,3 +139,27 @@ def test_class_cond_without_labels_is_refused(tmp_path):
         api.train("digits_ddpm", ["data.name=folder", f"data.root={folder}", "data.image_size=8",
                                   "data.channels=1", "model.class_cond=true", "train.max_steps=1"],
                   name="f", runs_root=tmp_path, progress=False)
+
+
+def test_bugs_keep_their_traceback_and_genlab_debug_shows_all(tmp_path, monkeypatch, capsys):
+    """A user's mistake is one line; an internal bug (here: a RuntimeError, or a ValueError raised inside a
+    library that genlab did not turn into its own message) keeps its traceback; GENLAB_DEBUG=1 shows every
+    traceback."""
+    import numpy as np
+
+    assert main(["sample", "--ckpt", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+    def bug(*a, **k):
+        raise RuntimeError("an internal bug")
+
+    monkeypatch.setattr(api, "sample", bug)
+    with pytest.raises(RuntimeError, match="an internal bug"):
+        main(["sample", "--ckpt", str(tmp_path)])
+    monkeypatch.setattr(api, "sample", lambda *a, **k: np.reshape(np.zeros(3), (2, 2)))
+    with pytest.raises(ValueError, match="cannot reshape"):
+        main(["sample", "--ckpt", str(tmp_path)])
+    monkeypatch.undo()
+    monkeypatch.setenv("GENLAB_DEBUG", "1")
+    with pytest.raises(Exception, match="does not exist"):
+        main(["sample", "--ckpt", str(tmp_path / "missing")])

@@ -19,7 +19,7 @@ def digits_ref(monkeypatch):
     monkeypatch.setattr(evaluate, "reference", lambda data="digits", root=None: {"shape": (1, 8, 8), "levels": 17})
 
 
-GOOD = np.full((3, 1, 8, 8), 4, np.uint8)
+GOOD = np.full((4, 1, 8, 8), 4, np.uint8)
 
 
 def test_a_file_that_is_not_npy(tmp_path, digits_ref):
