@@ -6,9 +6,7 @@ import io
 import json
 import os
 import shutil
-import sys
 import tempfile
-import traceback
 from pathlib import Path
 
 import numpy as np
