@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
@@ -17,8 +16,7 @@ import numpy as np
 import torch
 import yaml
 
-from .config import CommandOptions, Config, ConfigError, SampleConfig, apply_overrides, check_value, from_dict, \
-    load_config
+from .config import Config, ConfigError, apply_overrides, check_options, from_dict, load_config
 from .runs import RUNS_ROOT, check_run_name, prepare_run_dir
 from .data import from_model, to_model
 from .train import checkpoint as ck
@@ -186,18 +184,6 @@ def _eval_callback(ctx: Context) -> None:
           f"{rec['eval_seconds']:.1f}s)", file=sys.stderr)
 
 
-def check_options(**given):
-    """Check options given to the API or the CLI against the ranges declared beside their fields
-    (:class:`genlab.config.CommandOptions` and :class:`genlab.config.SampleConfig`); None means unset."""
-    own = {f.name for f in dataclasses.fields(CommandOptions)}
-    for name, v in given.items():
-        if name == "k":          # any_order checks k against the image's sub-pixel count (a sharper message)
-            continue
-        cls = CommandOptions if name in own else SampleConfig
-        if v is not None and name in {f.name for f in dataclasses.fields(cls)}:
-            check_value(cls, name, v, key=name)
-
-
 def default_labels(n: int, num_classes: int, seed: int = 0) -> Optional[torch.Tensor]:
     """Sample i gets class (seed + i) mod K, so a sample's label, like its noise, depends on its seed alone."""
     return (torch.arange(seed, seed + n) % num_classes) if num_classes else None
@@ -213,18 +199,16 @@ def resolve_labels(labels, n: int, num_classes: int, class_names, seed: int, con
         return None
     if labels is None:
         return default_labels(n, num_classes, seed)
-    flat = [labels] if isinstance(labels, int) else list(torch.as_tensor(labels).flatten().tolist()) \
-        if torch.is_tensor(labels) else list(labels)
+    # checked as Python numbers before they become a tensor (a huge label would overflow int64)
+    flat = labels.flatten().tolist() if torch.is_tensor(labels) else np.ravel(np.asarray(labels, dtype=object)).tolist()
     bad = [v for v in flat if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < num_classes]
     if bad:
         raise ValueError(f"labels must be in 0..{num_classes - 1} (classes: "
                          f"{', '.join(map(str, class_names or range(num_classes)))}); got {bad[0]!r}")
-    y = torch.as_tensor(flat).long().flatten()
+    y = torch.as_tensor(flat).long()
     y = y.expand(n).clone() if len(y) == 1 else y
     if len(y) != n:
         raise ValueError(f"got {len(y)} labels for {n} samples (give one label for all, or one per sample)")
-    if ((y < 0) | (y >= num_classes)).any():
-        raise ValueError(f"labels must be in 0..{num_classes - 1} (classes: {', '.join(map(str, class_names or range(num_classes)))})")
     return y
 
 
@@ -239,7 +223,8 @@ def load_run(ckpt, *, which: str = "latest", use_ema: bool = True, device: str =
 
     which_w = "ema" if use_ema else "model"       # the raw weights only when asked for (--raw)
     path = ck.resolve_checkpoint(ckpt, which, need=(which_w,))
-    state = ck.read_state(path)
+    loaded = ck.load_checkpoint(path, weights=(which_w,))          # verified state and weights, read once
+    state = loaded["state"]
     try:
         cfg = from_dict(state["config"])
     except (ConfigError, KeyError, TypeError) as e:
@@ -251,8 +236,7 @@ def load_run(ckpt, *, which: str = "latest", use_ema: bool = True, device: str =
         model = method.build_model(tuple(info["shape"]), info["num_classes"], levels=info["levels"], **kw)
     except (KeyError, TypeError, ValueError) as e:
         raise ck.CheckpointError(f"{path}/state.json describes data the model cannot be built for ({e})") from None
-    tensors = ck.load_checkpoint(path, weights=(which_w,))[which_w]
-    load_weights(model, tensors, f"{path}/{which_w}.safetensors")
+    load_weights(model, loaded[which_w], f"{path}/{which_w}.safetensors")
     model.to(pick_device(device)).eval()
     state["path"] = str(path)
     return cfg, method, model, state

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import ConfigError
 from .diffusion.samplers import SAMPLERS
 
 
@@ -199,7 +198,7 @@ def _eval(args) -> None:
     if (args.ckpt is None) == (args.samples is None):
         raise ValueError("give either --ckpt RUN (to sample and evaluate) or --samples FILE_OR_DIR --data NAME")
     if args.ckpt:
-        from .api import check_options
+        from .config import check_options
 
         check_options(t_samples=args.t_samples, draws=args.draws)
         res = evaluate_checkpoint(args.ckpt, n=args.n, sampler=args.sampler, steps=args.steps, seeds=args.seeds,
@@ -228,30 +227,14 @@ def _eval(args) -> None:
         print(f"wrote {args.json}")
 
 
-def _user_errors() -> tuple:
-    """Exceptions that mean a user's mistake or an environment fault (a file, the disk, another process):
-    shown as one line. Anything else is a bug in genlab and keeps its traceback."""
-    import yaml
-    from safetensors import SafetensorError
-
-    from .data.download import DownloadError
-    from .eval.features import FeatureError
-    from .train.checkpoint import CheckpointError
-    from .train.dist import PeerLost
-    from .train.loop import TrainingDiverged
-
-    import torch
-
-    return (ConfigError, CheckpointError, TrainingDiverged, DownloadError, FeatureError, PeerLost, OSError,
-            ValueError, SafetensorError, yaml.YAMLError, MemoryError, torch.OutOfMemoryError, ImportError)
-
-
 def _is_users(e: BaseException) -> bool:
-    """Whether an exception of :func:`_user_errors` carries a message genlab meant for the user: genlab's own
-    error types, OS and memory faults, unreadable safetensors or YAML files, genlab's "pip install" hints, and
-    ValueErrors raised by genlab's own code. A ValueError raised deep inside a library that genlab did not turn
-    into its own message, or a failed import of a module, is a path genlab did not anticipate (a bug): it keeps
-    its traceback."""
+    """Whether an exception carries a message genlab meant for the user, shown as one line: genlab's own error
+    types, faults of the environment (OS, memory, torch's out-of-memory), unreadable safetensors or YAML files,
+    genlab's "pip install" hints, and ValueErrors raised by genlab's own code. Anything else (a ValueError raised
+    deep inside a library that genlab did not turn into its own message, a failed import of a module, any other
+    exception) is a path genlab did not anticipate, a bug: it keeps its traceback."""
+    import os
+
     import yaml
     from safetensors import SafetensorError
 
@@ -261,11 +244,11 @@ def _is_users(e: BaseException) -> bool:
         return True
     if isinstance(e, ImportError):
         return e.name is None
+    if not isinstance(e, ValueError):
+        return False
     tb = e.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    import os
-
     return tb is None or os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(
         os.path.dirname(os.path.abspath(__file__)) + os.sep)
 
@@ -300,7 +283,7 @@ def main(argv=None) -> int:
             raise
         print("interrupted", file=sys.stderr)
         return 128 + (getattr(e, "signal", None) or 2)      # 130 after SIGINT, 143 after SIGTERM
-    except _user_errors() as e:
+    except Exception as e:
         if debug or not _is_users(e):
             raise
         print(f"genlab {args.command}: error: {_one_line(e)}", file=sys.stderr)
@@ -346,9 +329,9 @@ def _run(args) -> int:
     elif args.command == "featnet":
         from .eval.features import default_cache_dir, train_featnet
 
-        from .config import CommandOptions, check_value
+        from .config import check_options
 
-        check_value(CommandOptions, "seed", args.seed)
+        check_options(seed=args.seed)
         train_featnet(args.data, root=args.root, seed=args.seed)
         print(f"saved under {default_cache_dir()}")
     elif args.command == "compare":

@@ -34,7 +34,7 @@ class Range:
     """The numbers a field allows: finite, in [lo, hi] (an end is open with lo_open / hi_open), whole numbers
     with ``integer``. For a list-valued field the range applies to every element, and ``length`` bounds the
     number of elements. Declared once beside its dataclass field (see :func:`num`), it is checked by
-    :func:`validate` for configs and by :func:`check_value` for options of the API and the CLI."""
+    :func:`validate` for configs and by :func:`check_options` for options of the API and the CLI."""
     lo: Optional[float] = None
     hi: Optional[float] = None
     lo_open: bool = False
@@ -53,7 +53,7 @@ class Range:
             return f"{kind} {'>' if self.lo_open else '>='} {_fmt(self.lo)}"
         if self.hi is not None:
             return f"{kind} {'<' if self.hi_open else '<='} {_fmt(self.hi)}"
-        return f"a finite {kind[2:] if kind.startswith('a ') else kind}"
+        return f"a finite {'integer' if self.integer else 'number'}"
 
     def ok(self, v) -> bool:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -102,20 +102,19 @@ def num(default=dataclasses.MISSING, lo=None, hi=None, *, lo_open=False, hi_open
     return field(default=default, metadata=meta)
 
 
-def field_range(cls, name: str) -> Optional[Range]:
-    f = {f.name: f for f in dataclasses.fields(cls)}[name]
-    return f.metadata.get("range")
-
-
-def check_value(cls, name: str, value, key: Optional[str] = None):
-    """Check an option given to the API or the CLI against the range declared on ``cls.name``; None (unset)
-    passes. Returns the value, so it can be used inline."""
-    if value is None:
-        return value
-    r = field_range(cls, name)
-    if r is not None:
-        r.check(key or name, value)
-    return value
+def check_options(**given) -> None:
+    """Check options given to the API or the CLI (None: unset) against the Range declared beside the field of
+    the same name in :class:`CommandOptions` or :class:`SampleConfig`. ``k`` is left to any_order, which checks
+    it against the image's sub-pixel count (a sharper message)."""
+    for name, value in given.items():
+        if value is None or name == "k":
+            continue
+        for cls in (CommandOptions, SampleConfig):
+            f = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+            if f is not None:
+                if "range" in f.metadata:
+                    f.metadata["range"].check(name, value)
+                break
 
 
 BIG = 10 ** 12     # upper end of counts that have no natural limit
@@ -225,7 +224,7 @@ class SampleConfig:
 
 @dataclass
 class CommandOptions:
-    """Ranges of the API's and the CLI's options that are not config keys (checked with :func:`check_value`)."""
+    """Ranges of the API's and the CLI's options that are not config keys (checked with :func:`check_options`)."""
     seed: int = num(0, 0, SEED_MAX)            # sample i uses seed + i
     batch_size: int = num(256, 1, 2 ** 20)     # samples per batch
     seeds: int = num(1, 1, 1000)               # sampling seeds of an evaluation

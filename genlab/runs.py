@@ -40,10 +40,8 @@ def check_run_name(name) -> str:
     bad = None
     if name in (".", ".."):
         bad = "is a relative directory"
-    elif "/" in name or "\\" in name or (os.sep in name) or (os.altsep and os.altsep in name):
+    elif "/" in name or "\\" in name:        # (every absolute path has one)
         bad = "contains a path separator"
-    elif os.path.isabs(name):
-        bad = "is an absolute path"
     elif any(ord(c) < 32 or ord(c) == 127 for c in name):
         bad = "contains a control character"
     elif name != name.strip():
@@ -134,25 +132,23 @@ def _lock(fd: int) -> None:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-        return path.resolve() != root.resolve()
-    except ValueError:
-        return False
-
-
-def clear_run(run_dir: Path, runs_root: Path) -> None:
-    """Empty a genlab run directory for ``--force`` (its lock file stays, as the lock is held). Refuses anything
-    that is not a genlab run directly inside the runs root, and never follows a symbolic link."""
+def check_removable(run_dir: Path, runs_root: Path) -> None:
+    """RunError unless ``run_dir`` is a genlab run directly inside the runs root and not a symbolic link: the
+    only kind of directory ``--force`` may empty."""
     if run_dir.is_symlink():
         raise RunError(f"{run_dir} is a symbolic link; genlab never deletes through a link (remove it yourself, "
                        "or choose another --name)")
-    if not _inside(run_dir, runs_root) or run_dir.resolve().parent != runs_root.resolve():
+    if run_dir.resolve().parent != runs_root.resolve():
         raise RunError(f"{run_dir} is not inside the runs directory {runs_root}; refusing to delete it")
     if not is_run_dir(run_dir):
         raise RunError(f"{run_dir} exists but is not a genlab run (no {RUN_MARKER}, config.yaml or checkpoints/); "
                        "--force only replaces runs genlab made. Move it away or choose another --name")
+
+
+def clear_run(run_dir: Path, runs_root: Path) -> None:
+    """Empty a genlab run directory for ``--force`` (its lock file stays, as the lock is held), after
+    :func:`check_removable`; entries that are links are unlinked, never followed."""
+    check_removable(run_dir, runs_root)
     for child in run_dir.iterdir():
         if child.name == LOCK_FILE:
             continue
@@ -186,8 +182,7 @@ def prepare_run_dir(name: str, *, runs_root=None, resume: bool = False, force: b
         if not force:
             raise FileExistsError(f"{run_dir} already exists; continue it with --resume, overwrite it with "
                                   f"--force, or choose another --name")
-        if not is_run_dir(run_dir):
-            clear_run(run_dir, root)        # raises the reason
+        check_removable(run_dir, root)      # before the lock file is created in a directory that is not ours
         lock = RunLock(run_dir).acquire()   # before anything is removed: a run in progress is not touched
         try:
             clear_run(run_dir, root)

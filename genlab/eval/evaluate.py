@@ -221,7 +221,8 @@ def evaluate_checkpoint(ckpt, *, n: int = 1000, sampler: Optional[str] = None, s
     """Sample n images per seed (seed k uses per-sample seeds k * n + i) and evaluate them; with cost.
     ``opts``: the method's sampling options (e.g. k and order for any_order); None values are dropped.
     ``run``: the (config, method, model, state) of ``load_run`` when the caller has it loaded already."""
-    from ..api import check_options, load_run
+    from ..api import load_run
+    from ..config import check_options
     from ..methods.categorical import check_sample_options
 
     check_options(n=n, seeds=seeds, steps=steps, eta=eta, batch_size=batch_size, **opts)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import ImageDataset, load_dataset, to_model
+from ..files import write_text_atomic
 
 VERSION = 1
 
@@ -114,9 +115,7 @@ def save_net(net: nn.Module, info: dict, out: Path) -> None:
     tmp = out / f".model.{os.getpid()}.tmp"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
     os.replace(tmp, out / "model.safetensors")
-    tmp = out / f".info.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, out / "info.json")
+    write_text_atomic(out / "info.json", json.dumps(info, indent=1))
 
 
 class CacheUnreadable(Exception):

@@ -112,6 +112,7 @@ class CheckpointWriteError(CheckpointError):
 
 FILES = ("model", "ema", "optimizer")              # the weights files of a training checkpoint
 STATE_KEYS = {"config": dict, "step": int, "time_used": (int, float), "data": dict, "rng": dict}
+_verified: dict = {}     # file -> (size, mtime, digest) of a file known to match its digest (written or hashed)
 
 
 def _sha256(path: Path) -> str:
@@ -142,7 +143,7 @@ def save_checkpoint(path, *, model: dict, ema: Optional[dict] = None, optimizer:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        _write(tmp, model=model, ema=ema, optimizer=optimizer, state=state)
+        files = _write(tmp, model=model, ema=ema, optimizer=optimizer, state=state)
         faults.point("ckpt.rename")
         if path.exists():
             os.replace(path, old)
@@ -152,6 +153,9 @@ def save_checkpoint(path, *, model: dict, ema: Optional[dict] = None, optimizer:
         else:
             os.replace(tmp, path)
         _fsync_dir(path.parent)
+        for name, rec in files.items():     # just hashed while writing: readers in this process need not again
+            st = (path / name).stat()
+            _verified[path / name] = (st.st_size, st.st_mtime_ns, rec["sha256"])
     except (OSError, SafetensorError) as e:      # the disk or the file system; anything else is a bug
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not path.exists():
@@ -170,7 +174,8 @@ def save_checkpoint(path, *, model: dict, ema: Optional[dict] = None, optimizer:
     return path
 
 
-def _write(tmp: Path, *, model, ema, optimizer, state) -> None:
+def _write(tmp: Path, *, model, ema, optimizer, state) -> dict:
+    """Write the files into ``tmp``; returns their sizes and digests by file name."""
     parts = {"model": _tensors(model)}
     if ema is not None:
         parts["ema"] = _tensors(ema)
@@ -192,6 +197,7 @@ def _write(tmp: Path, *, model, ema, optimizer, state) -> None:
         f.flush()
         os.fsync(f.fileno())
     _fsync_dir(tmp)
+    return files
 
 
 def is_checkpoint(path) -> bool:
@@ -234,9 +240,6 @@ def read_state(path) -> dict:
         return _load_state(path)
     except CheckpointError as e:
         raise CheckpointError(f"checkpoint {path}: {e}") from None
-
-
-_verified: dict = {}     # file -> (size, mtime, digest) of a file whose digest matched
 
 
 def problems(path, need: tuple[str, ...] = FILES) -> list[str]:

@@ -1,6 +1,7 @@
 """Devices and processes: automatic device choice, torchrun/DDP set-up and teardown, rank-0 helpers."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -61,11 +62,9 @@ def init_distributed(device: str = "auto", timeout_s: float = 120.0) -> DistInfo
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     if not tdist.is_initialized():
-        try:
+        with collective("could not join the other training processes: "):
             tdist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
                                      timeout=timedelta(seconds=timeout_s))
-        except (RuntimeError, ValueError) as e:
-            raise PeerLost(f"could not join the other training processes: {_first_line(e)}") from None
     return DistInfo(rank=rank, world=world, local_rank=local_rank, device=dev)
 
 
@@ -73,11 +72,11 @@ _PEER_ERROR = re.compile(r"gloo|[Nn][Cc][Cc][Ll]|Connection (reset|closed) by pe
 
 
 def is_peer_error(e: BaseException) -> bool:
-    """A RuntimeError raised by torch.distributed (or by DDP's gradient all-reduce inside backward) because a
-    peer died or stopped answering, as opposed to a bug."""
-    from .checkpoint import CheckpointError
-
-    if isinstance(e, (PeerLost, CheckpointError)) or type(e).__module__.startswith("genlab"):
+    """PeerLost, or a RuntimeError raised by torch.distributed (or by DDP's gradient all-reduce inside backward)
+    because a peer died or stopped answering, as opposed to a bug or another genlab error."""
+    if isinstance(e, PeerLost):
+        return True
+    if type(e).__module__.startswith("genlab"):
         return False
     dist_error = getattr(tdist, "DistError", ())
     return isinstance(e, dist_error) or (isinstance(e, RuntimeError) and bool(_PEER_ERROR.search(str(e))))
@@ -86,6 +85,18 @@ def is_peer_error(e: BaseException) -> bool:
 def _first_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
+
+
+@contextlib.contextmanager
+def collective(prefix: str = ""):
+    """Inside: torch.distributed calls, whose RuntimeErrors (and ValueErrors of a bad rendezvous) mean a lost
+    peer; they leave as PeerLost with their first line."""
+    try:
+        yield
+    except PeerLost:
+        raise
+    except (RuntimeError, ValueError) as e:
+        raise PeerLost(prefix + _first_line(e)) from None
 
 
 def teardown(info: DistInfo) -> None:
@@ -114,7 +125,7 @@ def barrier(info: DistInfo, poll_s: float = 0.05, final: bool = False, stopping=
         store = tdist.distributed_c10d._get_default_store()
     except (AttributeError, RuntimeError, ValueError):
         store = None
-    try:
+    with collective():
         if store is None:
             tdist.barrier()
         elif info.is_main:
@@ -131,16 +142,12 @@ def barrier(info: DistInfo, poll_s: float = 0.05, final: bool = False, stopping=
                 wait = min(2 * wait, poll_s)
         if final and store is not None:
             tdist.barrier()
-    except RuntimeError as e:
-        raise PeerLost(_first_line(e)) from None
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
-        try:
+        with collective():      # gloo / nccl errors (DistBackendError is a RuntimeError)
             tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
-        except RuntimeError as e:       # gloo / nccl errors (DistBackendError is a RuntimeError)
-            raise PeerLost(_first_line(e)) from None
     return t
 
 
@@ -148,8 +155,6 @@ def broadcast_object(obj, info: DistInfo):
     if not info.enabled:
         return obj
     box = [obj]
-    try:
+    with collective():
         tdist.broadcast_object_list(box, src=0)
-    except RuntimeError as e:
-        raise PeerLost(_first_line(e)) from None
     return box[0]

@@ -30,6 +30,7 @@ from ..config import Config, parse_duration, save_config
 from ..data import ImageDataset
 from ..rng import StepRNG, mix_seed
 from .. import faults
+from ..files import write_text_atomic
 from . import checkpoint as ck
 from .dist import (DistInfo, PeerLost, _first_line, all_reduce_sum, barrier, broadcast_object, init_distributed,
                    is_peer_error, teardown)
@@ -102,9 +103,7 @@ def truncate_metrics(path: Path, step: int) -> None:
             continue
         if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
             keep.append(line + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(keep))
-    tmp.replace(path)
+    write_text_atomic(path, "".join(keep))
 
 
 # ------------------------------------------------------------------------------------------------ pieces
@@ -259,7 +258,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
     if info.is_main:
         save_config(cfg, run_dir / "config.yaml")  # after the resume check, so a rejected config is not kept
 
-    try:
+    try:        # (DDP broadcasts the weights: a lost peer fails here, but so may a bug, hence is_peer_error)
         ddp_model = DDP(model) if info.enabled else model
     except RuntimeError as e:
         if not is_peer_error(e):
@@ -392,10 +391,10 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
             if bad is None and scaler is None and not torch.isfinite(grad_norm):
                 bad = f"the gradient norm became {grad_norm.item()} (loss {loss_val:.4g})"
             if bad:  # (fp16's GradScaler handles its own overflows by skipping the step)
-                good = [ck.newest_intact(ckpt_root)] if ck.newest_intact(ckpt_root) else []
+                good = ck.newest_intact(ckpt_root)
                 raise TrainingDiverged(
                     f"{bad} at step {state.step} (lr {lr:.3g}); this step's update was not applied and nothing "
-                    f"saved was changed. Last good checkpoint: {good[-1] if good else 'none yet'}. Try a lower "
+                    f"saved was changed. Last good checkpoint: {good or 'none yet'}. Try a lower "
                     f"train.lr, a smaller train.grad_clip, or train.precision=fp32.")
             if scaler:
                 scaler.step(opt)
@@ -456,13 +455,12 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
                     if cb.every and state.step % cb.every == 0 and not finishing:
                         cb.fn(ctx)
             barrier(info, stopping=lambda: stop["flag"], timeout_s=t.dist_timeout)
-    except (PeerLost, RuntimeError) as e:
-        if not isinstance(e, PeerLost) and not (info.enabled and is_peer_error(e)):
+    except RuntimeError as e:           # a collective's PeerLost, or a gloo / nccl error inside DDP's backward
+        if not (info.enabled and is_peer_error(e)):
             raise
-        if not isinstance(e, PeerLost):
-            e = _first_line(e)
+        cause = e if isinstance(e, PeerLost) else _first_line(e)
         good = ck.newest_intact(ckpt_root)
-        raise PeerLost(f"process {info.rank} lost the other training processes at step {state.step} ({e}); "
+        raise PeerLost(f"process {info.rank} lost the other training processes at step {state.step} ({cause}); "
                        f"this step was not saved. Last good checkpoint: {good or 'none yet'}; resume with "
                        "--resume once every process can run") from None
     finally:
