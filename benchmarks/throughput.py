@@ -2,8 +2,10 @@
 
 Both models run the same training step on real batches of the configured dataset (digits by default):
 timesteps uniform in [0, T), Gaussian noise, x_t by ``q_sample`` on genlab's schedule, forward, MSE to the
-configured target (v for digits_ddpm), backward, AdamW step, zero_grad. genlab's step is ``method.loss``
-itself; the diffusers step repeats its few lines with the same random draws (same ``StepRNG`` stream).
+configured target (v for digits_ddpm), backward, AdamW step, zero_grad. genlab's loss is the method's own
+(``get_method(cfg).loss(model, batch, rng)`` with a ``StepRNG``), the optimizer and the EMA update are the
+training loop's (imported from :mod:`genlab.train.loop`, not copied); the diffusers step repeats the loss's few
+lines with the same random draws (same ``StepRNG`` stream) and uses the same optimizer.
 
 Measurement windows of ``--seconds`` alternate genlab, diffusers, genlab, diffusers, ... so drift in the
 machine's load hits both alike; images/s of a window = images trained / wall seconds of its steps. The table
@@ -36,6 +38,7 @@ from genlab.methods import get_method
 from genlab.methods.diffusion import snr_weight
 from genlab.nn.unet import norm_groups
 from genlab.rng import StepRNG, mix_seed
+from genlab.train.loop import build_optimizer, ema_decay_at, ema_update
 
 MODELS = ("genlab", "diffusers")
 
@@ -82,15 +85,6 @@ def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def make_optimizer(model, cfg):
-    """AdamW exactly as genlab's training loop builds it (decay on matrices only, same lr and betas)."""
-    t = cfg.train
-    decay = [p for p in model.parameters() if p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.dim() <= 1]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, betas=tuple(t.adam_betas))
-
-
 # ------------------------------------------------------------------------------------------------ steps
 
 def diffusers_loss(method, cfg, unet, batch, rng):
@@ -110,12 +104,15 @@ def diffusers_loss(method, cfg, unet, batch, rng):
 
 
 class Runner:
-    """One model with its optimizer and a step counter; ``step()`` is one full training step."""
+    """One model with its optimizer and a step counter; ``step()`` is one full training step. Both models get
+    the optimizer of genlab's loop (:func:`genlab.train.loop.build_optimizer`: AdamW, decay on matrices only)
+    and, with ``loop_extras``, its clipping and EMA update (:func:`~genlab.train.loop.ema_update` with the decay
+    of :func:`~genlab.train.loop.ema_decay_at`)."""
 
     def __init__(self, name, model, loss_fn, cfg, data, batch_size, seed, loop_extras):
         self.name, self.model, self.loss_fn, self.cfg = name, model.train(), loss_fn, cfg
         self.data, self.batch_size, self.seed, self.loop_extras = data, batch_size, seed, loop_extras
-        self.opt = make_optimizer(model, cfg)
+        self.opt = build_optimizer(model, cfg.train)
         self.ema = copy.deepcopy(model).eval().requires_grad_(False) if loop_extras else None
         self.i = 0
 
@@ -138,9 +135,7 @@ class Runner:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         if self.ema is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(list(self.ema.parameters()), [p.detach() for p in self.model.parameters()],
-                                     1.0 - self.cfg.train.ema_decay)
+            ema_update(self.ema, self.model, ema_decay_at(self.cfg.train, self.i))
         self.i += 1
         return loss
 

@@ -3,7 +3,14 @@
 Read top to bottom like nanoGPT's train.py: set up processes and device, data, model, EMA and optimizer; resume
 if asked; then steps until the step or wall-clock budget is used, with logging, validation, checkpoints and
 callbacks (sample grids, evaluation) handed in from above. The loop knows a method only through
-``method.build_model()`` and ``method.loss(model, batch, rng)``.
+``method.build_model()`` and ``method.loss(model, batch, rng)``, and, where a method has them, through
+``method.configure_optimizers`` and ``method.train_step`` (see :func:`train`).
+
+The pieces :func:`train` is a sequence of are public, so benchmarks and methods import them rather than copy
+them: :func:`build_optimizer`, :func:`ema_decay_at` / :func:`ema_update`, :func:`resume`, :func:`train_step`
+(built from :func:`micro_batch`, :func:`no_sync`, :func:`reduce_step`, :func:`clip_gradients`,
+:func:`check_finite`, :func:`apply_gradients`), :func:`validate` and :func:`save_run_checkpoint`. What a step
+shares (model, optimizers, data, clock) travels in one :class:`Trainer`.
 
 Exactness: the data order and every random draw of a step are functions of (seed, step), not of the process
 count or of the history (see :mod:`genlab.rng`), so a resumed run continues the same trajectory and N
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import json
 import math
@@ -148,6 +156,40 @@ def _to(v, dev):
     return v
 
 
+def build_optimizer(model: torch.nn.Module, train_cfg) -> torch.optim.Optimizer:
+    """AdamW with ``train_cfg.lr`` and ``adam_betas``; weight decay ``train_cfg.weight_decay`` on the parameters
+    with more than one dimension (weights of convolutions, linear layers, embeddings), none on the others
+    (biases, norm scales). ``train_cfg`` is ``cfg.train``."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.dim() > 1 else no_decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": train_cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=train_cfg.lr, betas=tuple(train_cfg.adam_betas))
+
+
+def configure_optimizers(method, model: torch.nn.Module, train_cfg) -> list[torch.optim.Optimizer]:
+    """The method's own optimizers (``method.configure_optimizers(model, train_cfg)``, where it has one and it
+    returns any), else the one of :func:`build_optimizer`."""
+    own = getattr(method, "configure_optimizers", None)
+    opts = own(model, train_cfg) if own is not None else None
+    if opts is None:
+        return [build_optimizer(model, train_cfg)]
+    opts = [opts] if isinstance(opts, torch.optim.Optimizer) else list(opts)
+    if not opts or not all(isinstance(o, torch.optim.Optimizer) for o in opts):
+        raise TypeError(f"{type(method).__name__}.configure_optimizers must return a non-empty list of "
+                        f"torch.optim.Optimizer, got {opts!r}")
+    return opts
+
+
+def ema_decay_at(train_cfg, step: int) -> float:
+    """The EMA decay of step ``step``: ``ema_decay``, or with ``ema_warmup`` min(ema_decay, (1 + step) / (10 +
+    step)), so early averages do not hold on to the random initialization."""
+    if train_cfg.ema_warmup:
+        return min(train_cfg.ema_decay, (1 + step) / (10 + step))
+    return train_cfg.ema_decay
+
+
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model (Polyak averaging, as in DDPM's released code)."""
     ep = [p for p in ema.parameters()]
@@ -171,19 +213,456 @@ def autocast_for(device: torch.device, precision: str):
     return (lambda: torch.autocast(device_type=device.type, dtype=dtype)), scaler
 
 
-def config_mismatch(saved: dict, cfg: Config, sections=("method", "data", "model", "diffusion", "ar")) -> list[str]:
-    """Keys (in sections that shape the model or the data) whose saved value differs from cfg."""
+NOT_SHAPING = ("train", "sample")   # config sections that shape neither the model nor the data
+
+
+def _section_defaults(cfg: Config, name: str) -> dict:
+    """The default values of section ``name`` of cfg (empty when they cannot be built)."""
+    sec = getattr(cfg, name, None)
+    if dataclasses.is_dataclass(sec) and not isinstance(sec, type):
+        try:
+            return dataclasses.asdict(type(sec)())
+        except TypeError:   # a section with required fields
+            pass
+    return {}
+
+
+def config_mismatch(saved: dict, cfg: Config, *, ignore: tuple[str, ...] = NOT_SHAPING) -> list[str]:
+    """Keys whose value in ``saved`` (the config a checkpoint was written with) differs from ``cfg``, in every
+    top-level entry of ``cfg.to_dict()`` except ``ignore`` (train, sample: they shape neither the model nor the
+    data), so sections added later are compared too. A key (or a whole section) that ``saved`` lacks is no
+    difference while its current value is the default (the checkpoint predates it); keys that only ``saved``
+    has are ignored (the config no longer has them)."""
     now = cfg.to_dict()
     diffs = []
-    for sec in sections:
-        a, b = saved.get(sec), now.get(sec)
+    for sec, b in now.items():
+        if sec in ignore:
+            continue
+        a = saved.get(sec)
         if isinstance(b, dict):
-            for k in b:
-                if (a or {}).get(k) != b[k]:
-                    diffs.append(f"{sec}.{k}: checkpoint has {(a or {}).get(k)!r}, config has {b[k]!r}")
+            a = a if isinstance(a, dict) else {}
+            defaults = _section_defaults(cfg, sec) if any(k not in a for k in b) else {}
+            for k, v in b.items():
+                if k not in a and k in defaults and defaults[k] == v:
+                    continue
+                if a.get(k) != v:
+                    diffs.append(f"{sec}.{k}: checkpoint has {a.get(k)!r}, config has {v!r}")
         elif a != b:
             diffs.append(f"{sec}: checkpoint has {a!r}, config has {b!r}")
     return diffs
+
+
+# ------------------------------------------------------------------------------------------------ optimizer state
+
+def optimizers_state_dict(optimizers: list) -> dict:
+    """One state dict for checkpoints: the optimizer's own for one (the format written since the start), else
+    every optimizer's groups and states in one, parameter indices shifted past the previous optimizers' and each
+    group tagged with ``optimizer`` (its index) and ``param_offset`` (the shift)."""
+    if len(optimizers) == 1:
+        return optimizers[0].state_dict()
+    groups, states, off = [], {}, 0
+    for j, opt in enumerate(optimizers):
+        sd = opt.state_dict()
+        ids = [i for g in sd["param_groups"] for i in g["params"]]
+        groups += [{**g, "params": [off + i for i in g["params"]], "optimizer": j, "param_offset": off}
+                   for g in sd["param_groups"]]
+        states.update({off + i: s for i, s in sd["state"].items()})
+        off += 1 + max(ids, default=-1)
+    return {"state": states, "param_groups": groups}
+
+
+def split_optimizers_state_dict(sd: dict, n: int, where: str = "the checkpoint") -> list[dict]:
+    """The per-optimizer state dicts of :func:`optimizers_state_dict`'s ``sd``, for ``n`` optimizers."""
+    groups = sd["param_groups"]
+    tagged = bool(groups) and all("optimizer" in g for g in groups)
+    have = 1 + max(int(g["optimizer"]) for g in groups) if tagged else 1
+    if have != n:
+        raise ck.CheckpointError(f"cannot resume from {where}: it holds the state of {have} optimizer(s), the "
+                                 f"method trains with {n}")
+    if not tagged:
+        return [sd]
+    out = []
+    for j in range(n):
+        mine = [g for g in groups if int(g["optimizer"]) == j]
+        off = int(mine[0]["param_offset"]) if mine else 0
+        ids = {i for g in mine for i in g["params"]}
+        out.append({"state": {int(i) - off: s for i, s in sd["state"].items() if int(i) in ids},
+                    "param_groups": [{**{k: v for k, v in g.items() if k not in ("optimizer", "param_offset")},
+                                      "params": [i - off for i in g["params"]]} for g in mine]})
+    return out
+
+
+# the hyperparameters the config (through the freshly built optimizers), not the checkpoint, decides on resume
+CONFIG_DECIDES = ("weight_decay", "betas")
+
+
+def load_optimizers_state_dict(optimizers: list, sd: dict, where: str = "the checkpoint") -> None:
+    """Restore ``optimizers`` from :func:`optimizers_state_dict`'s ``sd``, keeping their own CONFIG_DECIDES
+    values (the learning rate is set at every step)."""
+    fresh = [[{k: g[k] for k in CONFIG_DECIDES if k in g} for g in opt.param_groups] for opt in optimizers]
+    for opt, part, groups in zip(optimizers, split_optimizers_state_dict(sd, len(optimizers), where), fresh):
+        opt.load_state_dict(part)
+        for g, keep in zip(opt.param_groups, groups):
+            g.update(keep)
+
+
+# ------------------------------------------------------------------------------------------------ the trainer
+
+@dataclass
+class StepResult:
+    """What one step tells the loop; every process has the same values (:func:`reduce_step`)."""
+    loss: float                      # the step's training loss, mean over processes
+    step_time: float                 # seconds of the step, mean over processes
+    stop: bool = False               # some process received SIGINT / SIGTERM: save and stop after this step
+
+
+class StopSignal:
+    """SIGINT / SIGTERM set ``flag`` (the loop saves and stops after the step); a second one aborts at once. A
+    context manager: installs its handler on entry (where it can: in the main thread), restores on exit."""
+
+    def __init__(self, log: Optional[Callable[[str], None]] = None):
+        self.flag, self.signal, self.log, self._old = False, None, log, {}
+
+    def _handle(self, signum, frame):
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag, self.signal = True, signum
+        if self.log is not None:
+            self.log(f"\nreceived {signal.Signals(signum).name}: stopping after this step to save a checkpoint "
+                     "(press Ctrl-C again to abort without saving)")
+
+    def __enter__(self) -> "StopSignal":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+        self._old = {}
+
+
+@dataclass
+class Trainer:
+    """What the pieces of a step share: the run's config and method, the raw and the (DDP-)wrapped model, its
+    EMA, the optimizers, mixed precision, the processes, the data and this process's rows of a micro-batch, the
+    loop state and the step clock."""
+    cfg: Config
+    method: object
+    model: torch.nn.Module                   # raw (unwrapped): parameters, state dicts, EMA updates
+    ddp_model: torch.nn.Module               # what the loss runs: the DDP wrapper, or the model itself
+    ema: torch.nn.Module
+    optimizers: list                         # [build_optimizer(...)] or method.configure_optimizers(...)
+    dist: DistInfo
+    data: ImageDataset
+    val_data: Optional[ImageDataset] = None
+    run_dir: Path = Path(".")
+    state: LoopState = field(default_factory=LoopState)
+    scaler: Optional[torch.amp.GradScaler] = None
+    autocast: Callable = contextlib.nullcontext
+    data_info: dict = field(default_factory=dict)   # the data's shape, levels, classes (saved in checkpoints)
+    stop: StopSignal = field(default_factory=StopSignal)
+    t0: float = 0.0                          # when this step started (perf_counter)
+    tail: float = 0.0                        # seconds of the previous step after its collective
+    t_coll: Optional[float] = None           # when this step's collective ended
+
+    @property
+    def opt(self) -> torch.optim.Optimizer:
+        """The (first) optimizer."""
+        return self.optimizers[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    @property
+    def micro(self) -> int:
+        """Images of one micro-batch, over all processes."""
+        return self.cfg.train.batch_size // self.cfg.train.grad_accum
+
+    @property
+    def rows(self) -> slice:
+        """This process's rows of a micro-batch."""
+        d = self.dist
+        return slice(d.rank * self.micro // d.world, (d.rank + 1) * self.micro // d.world)
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+
+def describe_data(data: ImageDataset, model: torch.nn.Module) -> dict:
+    """What a checkpoint records of the data (shape, classes, levels; a text model's vocabulary)."""
+    info = {"shape": list(data.shape), "num_classes": data.num_classes, "levels": data.levels,
+            "class_names": list(data.class_names), "name": data.name}
+    tokenizer = getattr(getattr(model, "text", None), "tokenizer", None)
+    if tokenizer is not None and hasattr(tokenizer, "to_dict"):     # a text model's vocabulary goes with it
+        info["vocab"] = tokenizer.to_dict()
+    return info
+
+
+def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """DDP(model) under several processes, else the model. (DDP broadcasts the weights: a lost peer fails
+    here, but so may a bug, hence is_peer_error.)"""
+    try:
+        return DDP(model) if info.enabled else model
+    except RuntimeError as e:
+        if not is_peer_error(e):
+            raise
+        raise PeerLost(f"process {info.rank} could not start with the other training processes "
+                       f"({_first_line(e)})") from None
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+def resume(run_dir, cfg: Config, *, model: torch.nn.Module, ema: torch.nn.Module, optimizers: list,
+           scaler=None, info: DistInfo = DistInfo()) -> tuple[LoopState, Path]:
+    """Restore model, EMA, ``optimizers``, the GradScaler and (on process 0) the global RNG states from the
+    newest intact checkpoint of ``run_dir``, and drop the metrics written after it; returns its LoopState and
+    path. Process 0 repairs what an interrupted save left and chooses the checkpoint; every process loads that
+    one. CheckpointError when the checkpoint's config differs from ``cfg`` (:func:`config_mismatch`) or its
+    weights do not fit the model."""
+    t = cfg.train
+    run_dir = Path(run_dir)
+    path = None
+    if info.is_main:
+        ck.recover(run_dir / "checkpoints")  # only the writer repairs what an interrupted save left
+        path = ck.resolve_checkpoint(run_dir)   # the newest intact one; damaged ones are named on stderr
+    barrier(info, timeout_s=t.dist_timeout)         # unbounded: verifying big checkpoints takes time
+    path = Path(broadcast_object(str(path), info))  # every process resumes from the same checkpoint
+    loaded = ck.load_checkpoint(path)
+    diffs = config_mismatch(loaded["state"]["config"], cfg)
+    if diffs:
+        raise ck.CheckpointError(f"cannot resume from {path}: the config differs in " + "; ".join(diffs))
+    ck.load_weights(model, loaded["model"], f"{path}/model.safetensors")
+    ck.load_weights(ema, loaded["ema"], f"{path}/ema.safetensors")
+    load_optimizers_state_dict(optimizers, loaded["optimizer"], str(path))
+    s = loaded["state"]
+    if scaler is not None and s.get("grad_scaler"):
+        scaler.load_state_dict(s["grad_scaler"])
+    state = LoopState(step=s["step"], time_used=s["time_used"], samples_seen=s.get("samples_seen", 0),
+                      best_val=math.inf if s.get("best_val") is None else s["best_val"])
+    if info.is_main:
+        ck.set_rng_state(s["rng"])
+        truncate_metrics(run_dir / "metrics.jsonl", state.step)
+    return state, path
+
+
+_resume = resume    # train's argument ``resume`` (a flag) hides the name inside train
+
+
+# ------------------------------------------------------------------------------------------------ one step
+
+def set_lr(optimizers: list, lr: float) -> None:
+    for opt in optimizers:
+        for g in opt.param_groups:
+            g["lr"] = lr
+
+
+def micro_batch(tr: Trainer, m: int) -> tuple[dict, StepRNG]:
+    """Micro-batch ``m`` of the current step on the device (this process's rows) and the StepRNG of its draws,
+    both functions of (seed, step, m) alone."""
+    t = tr.cfg.train
+    idx = data_indices(len(tr.data), t.seed, tr.state.samples_seen + m * tr.micro, tr.micro)[tr.rows]
+    batch = {k: _to(v, tr.device) for k, v in tr.data.batch(idx).items()}
+    rng = StepRNG(mix_seed(t.seed, 0, tr.state.step, m), tr.micro, tr.rows, tr.device)
+    return batch, rng
+
+
+def no_sync(tr: Trainer, m: int):
+    """DDP's no_sync for every micro-batch but the last: gradients are all-reduced once per step."""
+    if tr.dist.enabled and m < tr.cfg.train.grad_accum - 1:
+        return tr.ddp_model.no_sync()
+    return contextlib.nullcontext()
+
+
+def reduce_step(tr: Trainer, step_loss) -> StepResult:
+    """The one collective of a step: mean loss, mean step time, stop flag (all processes agree on all three).
+    ``step_loss``: this process's loss of the step (a number or a 0-d tensor). The step time sent is this
+    step's so far plus the tail of the previous one after its collective."""
+    dev = tr.device
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    loss = step_loss.item() if torch.is_tensor(step_loss) else float(step_loss)
+    packed = torch.tensor([loss, time.perf_counter() - tr.t0 + tr.tail, float(tr.stop.flag)],
+                          dtype=torch.float64, device=dev if tr.dist.enabled else "cpu")
+    all_reduce_sum(packed, tr.dist)
+    tr.t_coll = time.perf_counter()
+    w = tr.dist.world
+    return StepResult(loss=packed[0].item() / w, step_time=packed[1].item() / w, stop=packed[2].item() > 0)
+
+
+def clip_gradients(tr: Trainer, parameters=None) -> torch.Tensor:
+    """Unscale (fp16) and clip the gradients to ``train.grad_clip`` (0: no clipping); their global norm."""
+    if tr.scaler:
+        for opt in tr.optimizers:
+            tr.scaler.unscale_(opt)
+    clip = tr.cfg.train.grad_clip
+    params = tr.model.parameters() if parameters is None else parameters
+    return torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+
+
+def check_finite(tr: Trainer, loss: float, grad_norm: Optional[torch.Tensor], lr: float) -> None:
+    """TrainingDiverged, before any update is applied, when the loss or the gradient norm is not finite (with
+    fp16, GradScaler handles its own overflows by skipping the step)."""
+    bad = None if math.isfinite(loss) else f"the loss became {loss}"
+    if bad is None and tr.scaler is None and grad_norm is not None and not torch.isfinite(grad_norm):
+        bad = f"the gradient norm became {grad_norm.item()} (loss {loss:.4g})"
+    if bad:
+        good = ck.newest_intact(tr.ckpt_root)
+        raise TrainingDiverged(
+            f"{bad} at step {tr.state.step} (lr {lr:.3g}); this step's update was not applied and nothing "
+            f"saved was changed. Last good checkpoint: {good or 'none yet'}. Try a lower "
+            f"train.lr, a smaller train.grad_clip, or train.precision=fp32.")
+
+
+def apply_gradients(tr: Trainer, optimizers: Optional[list] = None) -> None:
+    """Step ``optimizers`` (default: all; through the GradScaler with fp16) and clear their gradients."""
+    optimizers = tr.optimizers if optimizers is None else optimizers
+    for opt in optimizers:
+        if tr.scaler:
+            tr.scaler.step(opt)
+        else:
+            opt.step()
+    if tr.scaler:
+        tr.scaler.update()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+
+
+def train_step(tr: Trainer, lr: float) -> StepResult:
+    """One optimisation step at ``tr.state.step``: set ``lr``; forward and backward ``train.grad_accum``
+    micro-batches of ``method.loss`` (gradients accumulated, all-reduced by DDP after the last); the step's
+    collective; clip; stop if it diverged; the optimizer step; the EMA update."""
+    t = tr.cfg.train
+    set_lr(tr.optimizers, lr)
+    step_loss = torch.zeros((), device=tr.device)
+    for m in range(t.grad_accum):
+        batch, rng = micro_batch(tr, m)
+        with no_sync(tr, m):
+            with tr.autocast():
+                loss = tr.method.loss(tr.ddp_model, batch, rng) / t.grad_accum
+            (tr.scaler.scale(loss) if tr.scaler else loss).backward()
+        step_loss += loss.detach().float()
+    out = reduce_step(tr, step_loss)
+    grad_norm = clip_gradients(tr)
+    check_finite(tr, out.loss, grad_norm, lr)
+    apply_gradients(tr)
+    ema_update(tr.ema, tr.model, ema_decay_at(t, tr.state.step))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ validation, saving
+
+@torch.no_grad()
+def validate(tr: Trainer, net: Optional[torch.nn.Module] = None) -> Optional[float]:
+    """Mean ``method.loss`` of ``net`` (default: the EMA) over the validation split, in eval mode, with draws
+    seeded by (seed, batch) so every validation sees the same noise; None without a validation split."""
+    val = tr.val_data
+    if val is None or len(val) == 0:
+        return None
+    net = tr.ema if net is None else net
+    t = tr.cfg.train
+    was_training = net.training
+    net.eval()
+    total, count = 0.0, 0
+    for k, start in enumerate(range(0, len(val), tr.micro)):
+        idx = torch.arange(start, min(start + tr.micro, len(val)))
+        batch = {key: _to(v, tr.device) for key, v in val.batch(idx).items()}
+        rng = StepRNG(mix_seed(t.seed, 2, k), len(idx), slice(None), tr.device)
+        with tr.autocast():
+            total += tr.method.loss(net, batch, rng).item() * len(idx)
+        count += len(idx)
+    net.train(was_training)
+    return total / count
+
+
+def checkpoint_state(tr: Trainer) -> dict:
+    """The state.json of a checkpoint: config, loop state, data description, RNG states, GradScaler."""
+    s = tr.state
+    return {"config": tr.cfg.to_dict(), "step": s.step, "time_used": s.time_used,
+            "best_val": s.best_val if math.isfinite(s.best_val) else None,
+            "samples_seen": s.samples_seen, "data": tr.data_info, "rng": ck.rng_state(tr.device),
+            "world_size": tr.dist.world, "torch": torch.__version__,
+            "grad_scaler": tr.scaler.state_dict() if tr.scaler is not None else None}
+
+
+def save_run_checkpoint(tr: Trainer, kind: str = "step") -> Path:
+    """Write checkpoints/step_N (``kind="step"``, then keep the newest ``train.keep_last``) or checkpoints/KIND
+    (``best``): weights, EMA, every optimizer (:func:`optimizers_state_dict`) and :func:`checkpoint_state`."""
+    st = checkpoint_state(tr)
+    name = f"step_{tr.state.step:07d}" if kind == "step" else kind
+    p = ck.save_checkpoint(tr.ckpt_root / name, model=tr.model.state_dict(), ema=tr.ema.state_dict(),
+                           optimizer=optimizers_state_dict(tr.optimizers), state=st)
+    if kind == "step":
+        ck.prune(tr.ckpt_root, tr.cfg.train.keep_last)
+    return p
+
+
+# ------------------------------------------------------------------------------------------------ logging
+
+@dataclass
+class _Window:
+    """Mean loss and speed since the last log record."""
+    loss: float = 0.0
+    n: int = 0
+    time: float = 0.0
+    images: int = 0
+
+    def add(self, out: StepResult, images: int) -> None:
+        self.loss += out.loss
+        self.n += 1
+        self.time += out.step_time
+        self.images += images
+
+    def record(self, state: LoopState, lr: float) -> dict:
+        """The metrics record of the window; starts a new one."""
+        rec = {"step": state.step, "loss": self.loss / self.n, "lr": lr,
+               "images_per_s": self.images / max(self.time, 1e-9), "time_used": state.time_used}
+        self.loss, self.n, self.time, self.images = 0.0, 0, 0.0, 0
+        return rec
+
+
+def _progress_bar(t, state: LoopState, budget_s: Optional[float]):
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    kw = dict(dynamic_ncols=True, file=sys.stderr, mininterval=0.1 if tty else 10.0)
+    if t.max_steps:
+        return tqdm(total=t.max_steps, initial=state.step, unit="step", **kw)
+    return tqdm(total=round(budget_s), initial=round(state.time_used), unit="s", **kw,
+                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]")
+
+
+def _advance_bar(bar, t, state: LoopState) -> None:
+    if bar is None:
+        return
+    if t.max_steps:
+        bar.update(1)
+    elif round(state.time_used) > bar.n:
+        bar.update(min(round(state.time_used), bar.total) - bar.n)
+
+
+def _append_jsonl(path: Path, rec: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def _collective_end(tr: Trainer) -> float:
+    if tr.t_coll is None:
+        raise RuntimeError(f"{type(tr.method).__name__}.train_step must call genlab.train.loop.reduce_step once "
+                           "per step (the step's one collective: loss, step time, stop flag)")
+    return tr.t_coll
+
+
+def _clock(dev: torch.device) -> float:
+    """perf_counter once the device's queued work is done."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return time.perf_counter()
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -192,11 +671,27 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
           val_data: Optional[ImageDataset] = None, resume: bool = False, callbacks: tuple[Callback, ...] = (),
           progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
     """Train ``model`` with ``method.loss`` into ``run_dir`` (which must exist); ``resume`` continues from the
-    run's latest checkpoint. The method, the freshly built model and the data are handed in from above."""
+    run's latest checkpoint. The method, the freshly built model and the data are handed in from above.
+
+    A method may take over the optimizers and the step (a GAN has two optimizers and alternates them):
+
+    - ``method.configure_optimizers(model, train_cfg) -> list[torch.optim.Optimizer]``: called once with the raw
+      model on its device (before DDP wraps it) and ``cfg.train``; its optimizers replace
+      :func:`build_optimizer`'s (None: keep it). Checkpoints save every one of them and resume restores them, in
+      the same order and number; the ``weight_decay`` and ``betas`` of their groups stay as built (the config,
+      not the checkpoint, decides). Without ``train_step``, the default step sets the lr of and steps them all.
+    - ``method.train_step(tr: Trainer, lr: float) -> StepResult``: called instead of :func:`train_step` for the
+      step ``tr.state.step`` (the loop then advances the step, the data position and the clock). It sets the
+      lr it wants (``lr`` is the schedule's), draws its data with :func:`micro_batch` (so resume and process
+      count do not change it), runs backward passes under :func:`no_sync` and ``tr.autocast()`` as the default
+      does, and calls :func:`reduce_step` exactly once with its loss of the step, returning its StepResult;
+      :func:`clip_gradients`, :func:`check_finite`, :func:`apply_gradients` (GradScaler included) and
+      :func:`ema_update` with :func:`ema_decay_at` are there to use. Its random draws must come from the
+      StepRNG of :func:`micro_batch` for a resumed run to continue exactly.
+    """
     cfg.validate()
     t = cfg.train
     run_dir = Path(run_dir)
-    ckpt_root = run_dir / "checkpoints"
     info = init_distributed(t.device, timeout_s=t.dist_timeout)
     dev = info.device
     if t.num_threads:
@@ -205,284 +700,130 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
     if micro % info.world:
         raise ValueError(f"train.batch_size / train.grad_accum = {micro} must be divisible by the number of "
                          f"processes ({info.world})")
-    rows = slice(info.rank * micro // info.world, (info.rank + 1) * micro // info.world)
     budget_s = parse_duration(t.time_budget) if t.time_budget is not None else None
-    train_ds, val_ds = train_data, (val_data if val_data is not None and len(val_data) > 0 else None)
 
-    # model, EMA, optimizer; from here on the global RNG differs per process (dropout masks)
+    # model, EMA, optimizer(s); from here on the global RNG differs per process (dropout masks)
     model = model.to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     torch.manual_seed(mix_seed(t.seed, 3, info.rank))
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.dim() > 1 else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=t.lr, betas=tuple(t.adam_betas))
+    optimizers = configure_optimizers(method, model, t)
     autocast, scaler = autocast_for(dev, t.precision)
     state = LoopState()
 
     if resume:
-        path = None
+        state, path = _resume(run_dir, cfg, model=model, ema=ema, optimizers=optimizers, scaler=scaler, info=info)
+        finished = _budget_used(t, state, budget_s)
         if info.is_main:
-            ck.recover(ckpt_root)  # only the writer repairs what an interrupted save left
-            path = ck.resolve_checkpoint(run_dir)   # the newest intact one; damaged ones are named on stderr
-        barrier(info, timeout_s=t.dist_timeout)         # unbounded: verifying big checkpoints takes time
-        path = Path(broadcast_object(str(path), info))  # every process resumes from the same checkpoint
-        loaded = ck.load_checkpoint(path)
-        diffs = config_mismatch(loaded["state"]["config"], cfg)
-        if diffs:
-            raise ck.CheckpointError(f"cannot resume from {path}: the config differs in " + "; ".join(diffs))
-        ck.load_weights(model, loaded["model"], f"{path}/model.safetensors")
-        ck.load_weights(ema, loaded["ema"], f"{path}/ema.safetensors")
-        opt.load_state_dict(loaded["optimizer"])
-        for g, wd in zip(opt.param_groups, (t.weight_decay, 0.0)):  # the config, not the checkpoint, decides
-            g["weight_decay"], g["betas"] = wd, tuple(t.adam_betas)
-        s = loaded["state"]
-        if scaler is not None and s.get("grad_scaler"):
-            scaler.load_state_dict(s["grad_scaler"])
-        state = LoopState(step=s["step"], time_used=s["time_used"], samples_seen=s.get("samples_seen", 0),
-                          best_val=math.inf if s.get("best_val") is None else s["best_val"])
-        if info.is_main:
-            ck.set_rng_state(s["rng"])
-            truncate_metrics(run_dir / "metrics.jsonl", state.step)
-            if _budget_used(t, state, budget_s):
+            if finished:
                 log(f"{run_dir} is already finished: step {state.step}, {state.time_used:.1f}s of training "
                     f"(train.max_steps={t.max_steps}, train.time_budget={t.time_budget}); raise one of them "
                     "to train further")
             else:
                 log(f"resumed from {path} at step {state.step} ({state.time_used:.1f}s of training used)")
-        if _budget_used(t, state, budget_s):
+        if finished:
             teardown(info)
             return TrainResult(state=state, run_dir=run_dir, checkpoint=path, already_done=True)
     if info.is_main:
         save_config(cfg, run_dir / "config.yaml")  # after the resume check, so a rejected config is not kept
 
-    try:        # (DDP broadcasts the weights: a lost peer fails here, but so may a bug, hence is_peer_error)
-        ddp_model = DDP(model) if info.enabled else model
-    except RuntimeError as e:
-        if not is_peer_error(e):
-            raise
-        raise PeerLost(f"process {info.rank} could not start with the other training processes "
-                       f"({_first_line(e)})") from None
-    data_info = {"shape": list(train_ds.shape), "num_classes": train_ds.num_classes, "levels": train_ds.levels,
-                 "class_names": list(train_ds.class_names), "name": train_ds.name}
-    tokenizer = getattr(getattr(model, "text", None), "tokenizer", None)
-    if tokenizer is not None and hasattr(tokenizer, "to_dict"):     # a text model's vocabulary goes with it
-        data_info["vocab"] = tokenizer.to_dict()
+    stop = StopSignal(log if info.is_main else None)   # Ctrl-C / SIGTERM: finish the step, save, exit
+    tr = Trainer(cfg=cfg, method=method, model=model, ddp_model=wrap_ddp(model, info), ema=ema,
+                 optimizers=optimizers, dist=info, data=train_data, val_data=val_data, run_dir=run_dir,
+                 state=state, scaler=scaler, autocast=autocast, data_info=describe_data(train_data, model),
+                 stop=stop)
+    step = getattr(method, "train_step", None) or train_step
     metrics_path = run_dir / "metrics.jsonl"
-
-    def done() -> bool:
-        return _budget_used(t, state, budget_s)
-
-    def progress_frac() -> float:
-        fr = []
-        if t.max_steps:
-            fr.append(state.step / t.max_steps)
-        if budget_s:
-            fr.append(state.time_used / budget_s)
-        return max(fr)
-
-    def write_metrics(rec: dict) -> None:
-        if info.is_main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-
-    @torch.no_grad()
-    def validate(net) -> Optional[float]:
-        if val_ds is None:
-            return None
-        was_training = net.training
-        net.eval()
-        total, count = 0.0, 0
-        for k, start in enumerate(range(0, len(val_ds), micro)):
-            idx = torch.arange(start, min(start + micro, len(val_ds)))
-            batch = {key: _to(v, dev) for key, v in val_ds.batch(idx).items()}
-            rng = StepRNG(mix_seed(t.seed, 2, k), len(idx), slice(None), dev)
-            with autocast():
-                total += method.loss(net, batch, rng).item() * len(idx)
-            count += len(idx)
-        net.train(was_training)
-        return total / count
-
-    def save(kind: str = "step") -> Path:
-        st = {"config": cfg.to_dict(), "step": state.step, "time_used": state.time_used,
-              "best_val": state.best_val if math.isfinite(state.best_val) else None,
-              "samples_seen": state.samples_seen, "data": data_info, "rng": ck.rng_state(dev),
-              "world_size": info.world, "torch": torch.__version__,
-              "grad_scaler": scaler.state_dict() if scaler is not None else None}
-        name = f"step_{state.step:07d}" if kind == "step" else kind
-        p = ck.save_checkpoint(ckpt_root / name, model=model.state_dict(), ema=ema.state_dict(),
-                               optimizer=opt.state_dict(), state=st)
-        if kind == "step":
-            ck.prune(ckpt_root, t.keep_last)
-        return p
-
-    # stop cleanly on Ctrl-C / SIGTERM: finish the step, save, exit
-    stop = {"flag": False}
-
-    def on_signal(signum, frame):
-        if stop["flag"]:
-            raise KeyboardInterrupt
-        stop["flag"], stop["signal"] = True, signum
-        if info.is_main:
-            log(f"\nreceived {signal.Signals(signum).name}: stopping after this step to save a checkpoint "
-                "(press Ctrl-C again to abort without saving)")
-
-    old_handlers = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            old_handlers[sig] = signal.signal(sig, on_signal)
-        except ValueError:  # not in the main thread
-            pass
-
-    bar = None
-    if progress and info.is_main:
-        from tqdm import tqdm
-
-        tty = sys.stderr.isatty()
-        kw = dict(dynamic_ncols=True, file=sys.stderr, mininterval=0.1 if tty else 10.0)
-        if t.max_steps:
-            bar = tqdm(total=t.max_steps, initial=state.step, unit="step", **kw)
-        else:
-            bar = tqdm(total=round(budget_s), initial=round(state.time_used), unit="s", **kw,
-                       bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]")
-    ctx = Context(cfg, method, model, ema, state, run_dir, info, train_ds, write_metrics)
+    write_metrics = functools.partial(_append_jsonl, metrics_path) if info.is_main else (lambda rec: None)
+    ctx = Context(cfg, method, model, ema, state, run_dir, info, train_data, write_metrics)
     last_ckpt: Optional[Path] = None
     history: list = []
-    window_loss, window_n, window_time, window_imgs = 0.0, 0, 0.0, 0
+    window = _Window()
     interrupted = False
-    tail = 0.0
-    ddp_model.train()
+    tr.ddp_model.train()
 
-    try:
-        while not done():
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            t0 = time.perf_counter()
-            lr = lr_at(cfg, state.step, progress_frac())
-            for g in opt.param_groups:
-                g["lr"] = lr
-            step_loss = torch.zeros((), device=dev)
-            for m in range(t.grad_accum):
-                idx = data_indices(len(train_ds), t.seed, state.samples_seen + m * micro, micro)[rows]
-                batch = {k: _to(v, dev) for k, v in train_ds.batch(idx).items()}
-                rng = StepRNG(mix_seed(t.seed, 0, state.step, m), micro, rows, dev)
-                sync = ddp_model.no_sync() if (info.enabled and m < t.grad_accum - 1) else contextlib.nullcontext()
-                with sync:
-                    with autocast():
-                        loss = method.loss(ddp_model, batch, rng) / t.grad_accum
-                    (scaler.scale(loss) if scaler else loss).backward()
-                step_loss += loss.detach().float()
-            # one collective per step: mean loss, mean step time, stop flag (all processes agree on all three)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            # (the step time sent is this step's so far plus the tail of the previous one after its collective)
-            packed = torch.tensor([step_loss.item(), time.perf_counter() - t0 + tail, float(stop["flag"])],
-                                  dtype=torch.float64, device=dev if info.enabled else "cpu")
-            all_reduce_sum(packed, info)
-            t_coll = time.perf_counter()
-            loss_val, step_time, stop_votes = (packed[0].item() / info.world, packed[1].item() / info.world,
-                                               packed[2].item())
-            if scaler:
-                scaler.unscale_(opt)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
-            bad = None if math.isfinite(loss_val) else f"the loss became {loss_val}"
-            if bad is None and scaler is None and not torch.isfinite(grad_norm):
-                bad = f"the gradient norm became {grad_norm.item()} (loss {loss_val:.4g})"
-            if bad:  # (fp16's GradScaler handles its own overflows by skipping the step)
-                good = ck.newest_intact(ckpt_root)
-                raise TrainingDiverged(
-                    f"{bad} at step {state.step} (lr {lr:.3g}); this step's update was not applied and nothing "
-                    f"saved was changed. Last good checkpoint: {good or 'none yet'}. Try a lower "
-                    f"train.lr, a smaller train.grad_clip, or train.precision=fp32.")
-            if scaler:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            opt.zero_grad(set_to_none=True)
-            ema_decay = min(t.ema_decay, (1 + state.step) / (10 + state.step)) if t.ema_warmup else t.ema_decay
-            ema_update(ema, model, ema_decay)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            tail = time.perf_counter() - t_coll
-            state.step += 1
-            faults.point(f"step.{state.step}")
-            state.samples_seen += t.batch_size
-            state.time_used += step_time
-            window_loss += loss_val
-            window_n += 1
-            window_time += step_time
-            window_imgs += t.batch_size
+    with stop:
+        bar = _progress_bar(t, state, budget_s) if progress and info.is_main else None
+        try:
+            while not _budget_used(t, state, budget_s):
+                tr.t0, tr.t_coll = _clock(dev), None
+                lr = lr_at(cfg, state.step, _progress(t, state, budget_s))
+                out = step(tr, lr)
+                tr.tail = _clock(dev) - _collective_end(tr)
+                state.step += 1
+                faults.point(f"step.{state.step}")
+                state.samples_seen += t.batch_size
+                state.time_used += out.step_time
+                window.add(out, t.batch_size)
+                finishing = _budget_used(t, state, budget_s)
 
-            if bar is not None:
-                if t.max_steps:
-                    bar.update(1)
-                elif round(state.time_used) > bar.n:
-                    bar.update(min(round(state.time_used), bar.total) - bar.n)
-            if state.step % t.log_every == 0 or done():
-                rec = {"step": state.step, "loss": window_loss / window_n, "lr": lr,
-                       "images_per_s": window_imgs / max(window_time, 1e-9), "time_used": state.time_used}
-                write_metrics(rec)
-                history.append(rec)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}", step=state.step,
-                                    refresh=False)
-                window_loss, window_n, window_time, window_imgs = 0.0, 0, 0.0, 0
+                _advance_bar(bar, t, state)
+                if state.step % t.log_every == 0 or finishing:
+                    rec = window.record(state, lr)
+                    write_metrics(rec)
+                    history.append(rec)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}",
+                                        step=state.step, refresh=False)
 
-            if stop_votes > 0:  # Ctrl-C / SIGTERM: save at once (torchrun kills workers 30 s later), then leave
+                if out.stop:  # Ctrl-C / SIGTERM: save at once (torchrun kills workers 30 s later), then leave
+                    if info.is_main:
+                        last_ckpt = save_run_checkpoint(tr)
+                        log(f"saved {last_ckpt}; continue with --resume")
+                    barrier(info, stopping=lambda: True, timeout_s=t.dist_timeout)
+                    interrupted = True
+                    break
+                if (t.val_every and state.step % t.val_every == 0) or finishing:
+                    v = validate(tr, ema)
+                    if v is not None:
+                        write_metrics({"step": state.step, "val_loss": v, "time_used": state.time_used})
+                        history.append({"step": state.step, "val_loss": v})
+                        if v < state.best_val:
+                            state.best_val = v
+                            if info.is_main:
+                                save_run_checkpoint(tr, "best")
+                if info.is_main and ((t.ckpt_every and state.step % t.ckpt_every == 0) or finishing):
+                    last_ckpt = save_run_checkpoint(tr)
                 if info.is_main:
-                    last_ckpt = save()
-                    log(f"saved {last_ckpt}; continue with --resume")
-                barrier(info, stopping=lambda: True, timeout_s=t.dist_timeout)
-                interrupted = True
-                break
-            finishing = done()
-            if (t.val_every and state.step % t.val_every == 0) or finishing:
-                v = validate(ema)
-                if v is not None:
-                    write_metrics({"step": state.step, "val_loss": v, "time_used": state.time_used})
-                    history.append({"step": state.step, "val_loss": v})
-                    if v < state.best_val:
-                        state.best_val = v
-                        if info.is_main:
-                            save("best")
-            if info.is_main and ((t.ckpt_every and state.step % t.ckpt_every == 0) or finishing):
-                last_ckpt = save()
-            if info.is_main:
-                for cb in callbacks:
-                    if cb.every and state.step % cb.every == 0 and not finishing:
-                        cb.fn(ctx)
-            barrier(info, stopping=lambda: stop["flag"], timeout_s=t.dist_timeout)
-    except RuntimeError as e:           # a collective's PeerLost, or a gloo / nccl error inside DDP's backward
-        if not (info.enabled and is_peer_error(e)):
-            raise
-        cause = e if isinstance(e, PeerLost) else _first_line(e)
-        good = ck.newest_intact(ckpt_root)
-        raise PeerLost(f"process {info.rank} lost the other training processes at step {state.step} ({cause}); "
-                       f"this step was not saved. Last good checkpoint: {good or 'none yet'}; resume with "
-                       "--resume once every process can run") from None
-    finally:
-        if bar is not None:
-            bar.close()
-        for sig, h in old_handlers.items():
-            signal.signal(sig, h)
+                    for cb in callbacks:
+                        if cb.every and state.step % cb.every == 0 and not finishing:
+                            cb.fn(ctx)
+                barrier(info, stopping=lambda: stop.flag, timeout_s=t.dist_timeout)
+        except RuntimeError as e:       # a collective's PeerLost, or a gloo / nccl error inside DDP's backward
+            if not (info.enabled and is_peer_error(e)):
+                raise
+            cause = e if isinstance(e, PeerLost) else _first_line(e)
+            good = ck.newest_intact(tr.ckpt_root)
+            raise PeerLost(f"process {info.rank} lost the other training processes at step {state.step} "
+                           f"({cause}); this step was not saved. Last good checkpoint: {good or 'none yet'}; "
+                           "resume with --resume once every process can run") from None
+        finally:
+            if bar is not None:
+                bar.close()
 
     if info.is_main and not interrupted:
         ctx.final = True
         for cb in callbacks:
             cb.fn(ctx)
     try:
-        barrier(info, final=True, stopping=lambda: stop["flag"], timeout_s=t.dist_timeout)
+        barrier(info, final=True, stopping=lambda: stop.flag, timeout_s=t.dist_timeout)
     except PeerLost as e:
         raise PeerLost(f"process {info.rank} lost the other training processes after the last step ({e}); the "
-                       f"final checkpoint is {ck.newest_intact(ckpt_root) or 'missing'}") from None
+                       f"final checkpoint is {ck.newest_intact(tr.ckpt_root) or 'missing'}") from None
     teardown(info)
     return TrainResult(state=state, run_dir=run_dir, checkpoint=last_ckpt, interrupted=interrupted, history=history,
-                       signal=stop.get("signal") if interrupted else None)
+                       signal=stop.signal if interrupted else None)
 
 
 def _budget_used(t, state: LoopState, budget_s: Optional[float]) -> bool:
     return ((t.max_steps is not None and state.step >= t.max_steps)
             or (budget_s is not None and state.time_used >= budget_s))
+
+
+def _progress(t, state: LoopState, budget_s: Optional[float]) -> float:
+    """The fraction of the budget used: the larger of the steps' and the time's."""
+    fr = []
+    if t.max_steps:
+        fr.append(state.step / t.max_steps)
+    if budget_s:
+        fr.append(state.time_used / budget_s)
+    return max(fr)
