@@ -7,186 +7,19 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
-import yaml
 
-from .config import Config, ConfigError, apply_overrides, check_options, from_dict, load_config
-from .runs import RUNS_ROOT, check_run_name, prepare_run_dir
+from . import registry
+from .config import Config, check_options
 from .data import from_model, to_model
-from .train import checkpoint as ck
-from .train.dist import pick_device
-from .train.checkpoint import load_weights
-from .train.loop import Callback, Context, TrainResult
-from .train.loop import train as train_loop
-
-
-
-def _rank() -> int:
-    """This process's rank under torchrun (before the process group exists), 0 otherwise."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def load_data(cfg: Config, split: str):
-    """One split of the configured dataset."""
-    from .data import load_dataset
-
-    d = cfg.data
-    return load_dataset(d.name, split, root=d.root, image_size=d.image_size, channels=d.channels,
-                        labels=d.labels or None, on_bad_image=d.on_bad_image, val_size=d.val_size,
-                        binarize=d.binarize, seed=d.split_seed, captions_required=cfg.model.text_cond)
-
-
-def resolve_config(config: Union[str, Config, None], overrides: Sequence[str] = ()) -> Config:
-    if isinstance(config, Config):
-        cfg = apply_overrides(from_dict(config.to_dict()), list(overrides))
-        return cfg.validate()
-    return load_config(config, list(overrides))
-
-
-def describe(cfg: Config) -> str:
-    """The resolved config as YAML, plus the data and model sizes (what ``--dry-run`` prints)."""
-    from .methods import get_method
-
-    ds = load_data(cfg, "train")
-    model = get_method(cfg).build_model(ds.shape, ds.num_classes, levels=ds.levels, **text_kwargs(cfg, ds))
-    n_params = sum(p.numel() for p in model.parameters())
-    head = (f"# data: {ds.name}, {len(ds)} train images of shape {tuple(ds.shape)}, {ds.levels} levels, "
-            f"{ds.num_classes} classes\n# model: {type(model).__name__}, {n_params / 1e6:.3f}M parameters\n")
-    return head + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-
-
-def train(config: Union[str, Config, None] = None, overrides: Sequence[str] = (), *,
-          name: Optional[str] = None, resume: bool = False, force: bool = False, dry_run: bool = False,
-          runs_root=None, progress: bool = True) -> Optional[TrainResult]:
-    """Train a model into runs/NAME (see ``genlab train --help``). Returns None for a dry run.
-
-    config: a shipped recipe name, a YAML path or a Config; None means the run's saved config.yaml when
-    resuming, else ``digits_ddpm``. overrides: ``section.key=value`` strings applied on top."""
-    from .methods import get_method
-
-    if resume and not name:
-        raise ValueError("--resume needs the --name of the run to continue")
-    if name is not None:
-        check_run_name(name)
-    if config is None:  # a resumed run continues with its own config; otherwise the digits recipe
-        saved = Path(runs_root or RUNS_ROOT) / (name or "") / "config.yaml"
-        config = str(saved) if resume and saved.exists() else "digits_ddpm"
-    cfg = resolve_config(config, overrides)
-    if dry_run:
-        print(describe(cfg))
-        return None
-    if name is None:
-        stem = Path(config).stem if isinstance(config, str) else cfg.method
-        name = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    train_ds, val_ds = load_data(cfg, "train"), load_data(cfg, "val")
-    if (cfg.model.class_cond or cfg.method == "classifier") and train_ds.num_classes == 0:
-        raise ValueError(f"model.class_cond=true needs labels, but data {cfg.data.name!r} has none here "
-                         "(for a folder, set data.labels=true and put each class in its own sub-folder)")
-    method = get_method(cfg)
-    torch.manual_seed(cfg.train.seed)  # the same initial weights in every process
-    model = method.build_model(train_ds.shape, train_ds.num_classes, levels=train_ds.levels,
-                               **text_kwargs(cfg, train_ds, val_ds))
-    check_captions(model, train_ds, val_ds)
-    callbacks = [] if cfg.method == "classifier" else [Callback(_grid_callback, every=cfg.train.sample_every)]
-    if cfg.train.eval_every:
-        from .eval.features import SPECS
-
-        if cfg.data.name not in SPECS:
-            raise ValueError(f"train.eval_every needs a feature network, and there is none for data "
-                             f"{cfg.data.name!r} (available: {', '.join(SPECS)})")
-        callbacks.append(Callback(_eval_callback, every=cfg.train.eval_every))
-    # every check that can fail comes before this line: --force replaces the old run only now
-    run_dir, lock = prepare_run_dir(name, runs_root=runs_root, resume=resume, force=force, rank=_rank())
-    try:
-        if _rank() == 0:
-            print(f"run directory: {run_dir}", file=sys.stderr)
-        return train_loop(cfg, run_dir, method=method, model=model, train_data=train_ds, val_data=val_ds,
-                          resume=resume, callbacks=tuple(callbacks), progress=progress)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def text_kwargs(cfg: Config, ds, val_ds=None) -> dict:
-    """build_model's vocabulary argument for a text-conditional model: the words of the training and validation
-    captions (so validation never meets an unknown word)."""
-    if not cfg.model.text_cond:
-        return {}
-    if ds.captions is None:
-        raise ValueError(f"model.text_cond=true needs captions, but data {cfg.data.name!r} has none (use "
-                         "data.name=shapes, or a folder with captions.csv or one .txt per image)")
-    if cfg.model.text_encoder != "learned":
-        return {}
-    from .nn.text import Tokenizer
-
-    caps = list(ds.captions) + list(val_ds.captions or [] if val_ds is not None else [])
-    return {"vocab": Tokenizer.from_captions(caps, cfg.model.text_max_len or None).to_dict()}
-
-
-def check_captions(model, *datasets) -> None:
-    """Encode every caption once before training, so a caption the text encoder cannot read (too long for a
-    frozen encoder's max length) stops the run at the start with its text, not at a random step."""
-    text = getattr(getattr(model, "module", model), "text", None)
-    if text is None:
-        return
-    for ds in datasets:
-        if ds is not None and ds.captions:
-            text.tokenizer.encode(ds.captions)
-
-
-def _training_condition(ctx: Context, n: int) -> dict:
-    """What training-time grids and evaluations condition on: labels 0..K-1 in turn, the first n captions of
-    the training data, and for an upsampler the first n training images downsampled."""
-    cfg, data, out = ctx.cfg, ctx.data, {}
-    if cfg.model.text_cond:
-        out["y"] = ctx.ema.text.tokenizer.encode([data.captions[i % len(data)] for i in range(n)])
-    elif cfg.model.class_cond:
-        out["y"] = default_labels(n, data.num_classes, seed=0)
-    if cfg.model.image_cond == "lowres":
-        from .diffusion.conditioning import downsample
-
-        idx = torch.arange(n) % len(data)
-        out["lowres"] = downsample(data.batch(idx)["x"], cfg.model.lowres_size)
-    return out
-
-
-def _grid_callback(ctx: Context) -> None:
-    """Sample grid of the EMA model during training (samples/step_N.png) and at the end (samples.png)."""
-    cfg = ctx.cfg
-    n = min(cfg.sample.n, 64)
-    x, _ = ctx.method.sample(ctx.ema, n, seed=0, **_training_condition(ctx, n))
-    x = quantize(x, ctx.data.levels)
-    from .report.images import save_grid
-
-    path = ctx.run_dir / ("samples.png" if ctx.final else f"samples/step_{ctx.state.step:07d}.png")
-    save_grid(x, path, nrow=8 if n >= 8 else None)
-
-
-def _eval_callback(ctx: Context) -> None:
-    """FID and friends of EMA samples during training, appended to metrics.jsonl (not counted in the budget)."""
-    from .eval.evaluate import evaluate_samples
-
-    cfg, t0 = ctx.cfg, time.perf_counter()
-    n = cfg.train.eval_n
-    x, nfe = ctx.method.sample(ctx.ema, n, seed=0, **_training_condition(ctx, n))
-    r = evaluate_samples(from_model(x, ctx.data.levels).numpy(), ctx.data.name, seed=0)
-    rec = {"step": ctx.state.step, "time_used": ctx.state.time_used, "eval_n": n, "eval_nfe": nfe,
-           "fid_train": r["fid_train"], "fid_matched_ratio": r["matched"]["ratio"], "precision": r["precision"],
-           "recall": r["recall"], "entropy": r["entropy"], "eval_seconds": time.perf_counter() - t0}
-    ctx.write_metrics(rec)
-    print(f"step {rec['step']}: FID vs train {rec['fid_train']:.3f} ({n} samples, {nfe} evaluations, "
-          f"{rec['eval_seconds']:.1f}s)", file=sys.stderr)
-
-
-def default_labels(n: int, num_classes: int, seed: int = 0) -> Optional[torch.Tensor]:
-    """Sample i gets class (seed + i) mod K, so a sample's label, like its noise, depends on its seed alone."""
-    return (torch.arange(seed, seed + n) % num_classes) if num_classes else None
+from .report.process import process_picture  # noqa: F401
+from .runs import (RUNS_ROOT, Run, default_labels, describe, evaluate_checkpoint, load_data, load_run,  # noqa: F401
+                   quantize, resolve_config, text_kwargs, train)
 
 
 def resolve_labels(labels, n: int, num_classes: int, class_names, seed: int, conditional: bool):
@@ -212,53 +45,21 @@ def resolve_labels(labels, n: int, num_classes: int, class_names, seed: int, con
     return y
 
 
-def quantize(x: torch.Tensor, levels: int) -> torch.Tensor:
-    """Round model-space images to the dataset's discrete levels (and back to [-1, 1])."""
-    return to_model(from_model(x, levels), levels)
-
-
-def load_run(ckpt, *, which: str = "latest", use_ema: bool = True, device: str = "auto"):
-    """(config, method, model in eval mode, checkpoint state) from a run or checkpoint directory."""
-    from .methods import get_method
-
-    which_w = "ema" if use_ema else "model"       # the raw weights only when asked for (--raw)
-    path = ck.resolve_checkpoint(ckpt, which, need=(which_w,))
-    loaded = ck.load_checkpoint(path, weights=(which_w,))          # verified state and weights, read once
-    state = loaded["state"]
-    try:
-        cfg = from_dict(state["config"])
-    except (ConfigError, KeyError, TypeError) as e:
-        raise ck.CheckpointError(f"{path}/state.json has an unusable config: {e}") from None
-    method = get_method(cfg)
-    info = state["data"]
-    try:
-        kw = {"vocab": info["vocab"]} if info.get("vocab") else {}
-        model = method.build_model(tuple(info["shape"]), info["num_classes"], levels=info["levels"], **kw)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ck.CheckpointError(f"{path}/state.json describes data the model cannot be built for ({e})") from None
-    load_weights(model, loaded[which_w], f"{path}/{which_w}.safetensors")
-    model.to(pick_device(device)).eval()
-    state["path"] = str(path)
-    return cfg, method, model, state
-
-
-def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[int] = None,
-           eta: Optional[float] = None, seed: int = 0, batch_size: int = 256, out=None, process: bool = False,
+def sample(ckpt, *, n: int = 64, seed: int = 0, batch_size: int = 256, out=None, process: bool = False,
            labels: Optional[Sequence[int]] = None, which: str = "latest", use_ema: bool = True,
-           device: str = "auto", progress: bool = True, temperature: Optional[float] = None,
-           top_k: Optional[int] = None, k: Optional[int] = None, order: Optional[str] = None,
-           guidance: Optional[float] = None, classifier=None, classifier_scale: Optional[float] = None,
+           device: str = "auto", progress: bool = True, classifier=None,
            prompt: Union[str, Sequence[str], None] = None, upsampler=None, lowres_t: Optional[float] = None,
-           nrow: Optional[int] = None):
+           nrow: Optional[int] = None, **options):
     """Draw n samples from a checkpoint. Sample i uses seed + i alone (reproducible by itself).
 
     out: ``*.png`` a grid; ``*.npy`` a uint8 array of dataset levels (N, C, H, W); a directory (ending in / or
     existing) one PNG per sample named by its seed; None returns the images. ``process=True`` writes a picture
     of the generation process for the first few samples instead (diffusion: x_t and x0_hat over the steps;
     autoregressive methods: the canvas filling in).
-    Method options (an option another method takes is a clear error): diffusion sampler, steps, eta;
-    autoregressive / oneshot / any_order temperature, top_k; any_order k (sub-pixels per step) and order;
-    ``guidance`` (classifier-free guidance scale, diffusion and raster AR; 1 = none) for class-conditional models.
+    ``options``: the method's sampling options, the fields of its ``Options`` dataclass (``genlab sample
+    --help`` lists them per method; an option of another method is a clear error), e.g. diffusion sampler,
+    steps, eta; autoregressive / oneshot / any_order temperature, top_k; any_order k (sub-pixels per step) and
+    order; ``guidance`` (classifier-free guidance scale; 1 = none) for conditional models.
     ``classifier``: a noise-aware classifier run (``method: classifier``, same diffusion schedule) for classifier
     guidance with ``classifier_scale`` (default 1; 0 = none); it also works for an unconditional generator.
     ``labels``: one label per sample, or a single label for all of them.
@@ -269,21 +70,21 @@ def sample(ckpt, *, n: int = 64, sampler: Optional[str] = None, steps: Optional[
     ``nrow``: images per row of a PNG grid (default: one row per prompt, else square).
     Returns (images in [-1, 1] quantized to the dataset's levels, network evaluations per sample, output path).
     """
-    from .methods.categorical import check_sample_options
     from .report.images import save_grid
 
-    check_options(n=n, steps=steps, eta=eta, seed=seed, batch_size=batch_size, temperature=temperature, top_k=top_k,
-                  k=k, guidance=guidance, classifier_scale=classifier_scale, lowres_t=lowres_t, nrow=nrow)
+    check_options(n=n, seed=seed, batch_size=batch_size, lowres_t=lowres_t, nrow=nrow, **options)
     out_kind = None if process else output_kind(out)
-    cfg, method, model, state = load_run(ckpt, which=which, use_ema=use_ema, device=device)
-    opts = {key: v for key, v in dict(sampler=sampler, steps=steps, eta=eta, temperature=temperature, top_k=top_k,
-                                     k=k, order=order, guidance=guidance).items() if v is not None}
+    run = load_run(ckpt, which=which, use_ema=use_ema, device=device)
+    cfg, method, model, state = run.config, run.method, run.model, run.state
+    opts = {key: v for key, v in options.items() if v is not None}
+    if not method.draws_samples:
+        method.sample(model, n)          # the method's own explanation (a classifier guides, draws nothing)
+    method.options(**opts)               # an option of another method: one clear error, before any work
+    guidance = opts.get("guidance")
     if classifier is not None:
-        opts["classifier"], opts["classifier_scale"] = load_classifier(classifier, cfg, device), \
-            1.0 if classifier_scale is None else classifier_scale
-    elif classifier_scale is not None:
+        opts["classifier"] = load_classifier(classifier, cfg, device)
+    elif opts.get("classifier_scale") is not None:
         raise ValueError("--classifier-scale needs --classifier CKPT (a noise-aware classifier run)")
-    check_sample_options(cfg.method, method.sample_options, opts)
     if cfg.model.image_cond == "lowres":
         raise ValueError(f"{ckpt} is an upsampler (it needs low-resolution images): sample a base model and "
                          f"chain it, genlab sample --ckpt BASE --upsampler {ckpt}")
@@ -382,10 +183,10 @@ def prompt_tokens(model, prompt, n: int) -> Optional[torch.Tensor]:
 
 
 def load_upsampler(ckpt, base_shape: Optional[tuple] = None, *, which: str = "latest", device: str = "auto"):
-    """An upsampler run (``model.image_cond=lowres``) as load_run's tuple, checked against the (C, H, W) of the
+    """An upsampler run (``model.image_cond=lowres``) as a :class:`Run`, checked against the (C, H, W) of the
     images it will get."""
     run = load_run(ckpt, which=which, device=device)
-    cfg, state = run[0], run[3]
+    cfg, state = run.config, run.state
     if cfg.model.image_cond != "lowres":
         raise ValueError(f"--upsampler {ckpt} is not an upsampler (model.image_cond={cfg.model.image_cond}); "
                          "train one with model.image_cond=lowres model.lowres_size=N")
@@ -401,8 +202,8 @@ def upsample(ckpt, lowres: torch.Tensor, *, seed: int = 0, batch_size: int = 256
     """Super-resolve images (N, C, h, w) in [-1, 1] with an upsampler (a run directory, or load_upsampler's
     tuple). Returns (images in [-1, 1] quantized to the upsampler's levels, network evaluations per image,
     levels)."""
-    up = ckpt if isinstance(ckpt, tuple) else load_upsampler(ckpt, which=which, device=device)
-    cfg, method, model, state = up
+    up = ckpt if isinstance(ckpt, (Run, tuple)) else load_upsampler(ckpt, which=which, device=device)
+    cfg, method, model, state = (up.config, up.method, up.model, up.state) if isinstance(up, Run) else up
     c, size = state["data"]["shape"][0], cfg.model.lowres_size
     if tuple(lowres.shape[1:]) != (c, size, size):
         raise ValueError(f"the upsampler takes {c}x{size}x{size} images, but the base model makes "
@@ -440,9 +241,11 @@ def inpaint(ckpt, image, mask, *, n: int = 4, out=None, seed: int = 0, which: st
     from .report.images import mark_unknown, save_grid
 
     check_options(n=n, seed=seed, **opts)
-    cfg, method, model, state = load_run(ckpt, which=which, use_ema=use_ema, device=device)
-    if "known" not in method.sample_options:
-        raise ValueError(f"{cfg.method} models cannot inpaint (diffusion, any_order and autoregressive can)")
+    run = load_run(ckpt, which=which, use_ema=use_ema, device=device)
+    cfg, method, model, state = run.config, run.method, run.model, run.state
+    if "known" not in method.inputs:
+        able = [name for name, c in registry.METHODS.items() if "known" in c.inputs]
+        raise ValueError(f"{cfg.method} models cannot inpaint ({', '.join(able)} can)")
     info = state["data"]
     shape, levels = tuple(info["shape"]), info["levels"]
     x = to_model(read_image_levels(image, shape, levels), levels)
@@ -472,40 +275,21 @@ def inpaint(ckpt, image, mask, *, n: int = 4, out=None, seed: int = 0, which: st
 def load_classifier(ckpt, generator_cfg: Config, device: str = "auto"):
     """A noise-aware classifier run for guiding a generator with config ``generator_cfg``: it must be a
     ``method: classifier`` checkpoint trained on the same diffusion schedule."""
-    ccfg, _, cmodel, _ = load_run(ckpt, device=device)
-    if ccfg.method != "classifier":
+    run = load_run(ckpt, device=device)
+    ccfg, cmodel = run.config, run.model
+    guides = getattr(run.method, "guides", None)
+    if not guides:
+        makers = [name for name, c in registry.METHODS.items() if getattr(c, "guides", None)]
         raise ValueError(f"--classifier {ckpt} is a {ccfg.method} checkpoint, not a noise-aware classifier "
-                         "(train one with method=classifier)")
-    if generator_cfg.method != "diffusion":
-        raise ValueError(f"classifier guidance applies to diffusion models, not {generator_cfg.method}")
+                         f"(train one with method={makers[0] if makers else '?'})")
+    if "classifier" not in registry.method_class(generator_cfg.method).inputs:
+        raise ValueError(f"classifier guidance applies to {guides} models, not {generator_cfg.method}")
     keys = ("schedule", "timesteps") + (("beta_start", "beta_end") if generator_cfg.diffusion.schedule == "linear" else ())
     diff = [k for k in keys if getattr(ccfg.diffusion, k) != getattr(generator_cfg.diffusion, k)]
     if diff:
         raise ValueError("the classifier was trained on another noise schedule than the generator: " + ", ".join(
             f"diffusion.{k} {getattr(ccfg.diffusion, k)!r} vs {getattr(generator_cfg.diffusion, k)!r}" for k in diff))
     return cmodel
-
-
-def process_picture(method, model, n: int, path, *, y=None, seed: int = 0, **opts):
-    """Sample n images while recording the process, and draw it: diffusion rows of x_t and x0_hat over the
-    steps; discrete methods the canvas after evenly spaced steps, not-yet-generated pixels in blue.
-    Returns (samples, evaluations per sample)."""
-    from .report.images import process_strip, reveal_strip
-
-    frames = []
-
-    def record(info: dict) -> None:
-        frames.append({key: v.detach().clone().cpu() if torch.is_tensor(v) else v for key, v in info.items()})
-
-    x, nfe = method.sample(model, n, y=y, seed=seed, batch_size=n, callback=record, **opts)
-    if not frames:
-        raise ValueError("nothing was generated (every pixel was already known), so there is no process to draw")
-    if "x_t" in frames[0]:
-        process_strip([f["x_t"].clamp(-1, 1).cpu() for f in frames], [f["x0_hat"].cpu() for f in frames], path)
-    else:
-        start = {"x": torch.zeros_like(frames[0]["x"]), "known": torch.zeros_like(frames[0]["known"])}
-        reveal_strip([start] + frames, path)
-    return x, nfe
 
 
 def demo(*, name: str = "demo", time_budget: str = "100s", runs_root=None, force: bool = False,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .diffusion.samplers import SAMPLERS
+from .methods.base import option_flags, options_given
 
 
 def _add_train(sub):
@@ -34,48 +34,26 @@ def _add_sample(sub):
                                    "N x C x H x W), or DIR/ (one PNG per sample, named by its seed).")
     p.add_argument("--ckpt", required=True, help="run directory (runs/NAME) or checkpoint directory")
     p.add_argument("--n", type=int, default=64, help="number of samples [64]")
-    p.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="[the config's sample.sampler]")
-    p.add_argument("--steps", type=int, default=None,
-                   help="sampling steps [the config's sample.steps]; Heun makes 2 * steps - 1 evaluations")
-    p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic, 1 DDPM-like")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i [0]")
     p.add_argument("--batch-size", type=int, default=256, help="samples per batch [256]")
     p.add_argument("--out", default=None, help="output .png / .npy / DIR/ [samples.png; process.png with --process]")
     p.add_argument("--process", action="store_true",
                    help="write a picture of the generation process (diffusion: x_t and x0_hat over the steps; "
                         "autoregressive: the image filling in)")
-    _add_discrete_options(p)
     p.add_argument("--labels", "--class", type=int, nargs="+", default=None, dest="labels",
                    help="class label(s) of a class-conditional model: one for all samples or one per sample "
                         "[(seed + i) mod K]")
-    p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale (1: none, 0: unconditional, > 1: stronger) for "
-                        "class- or text-conditional models trained with diffusion.cond_drop > 0")
     p.add_argument("--classifier", default=None,
-                   help="classifier guidance: a noise-aware classifier run (method=classifier, same schedule)")
-    p.add_argument("--classifier-scale", type=float, default=None, help="classifier guidance scale [1]")
+                   help="classifier guidance: a noise-aware classifier run (a classifier method, same schedule)")
     p.add_argument("--prompt", action="append", default=None,
                    help="caption for a text-conditional model; repeat for several (one grid row each)")
     p.add_argument("--upsampler", default=None,
                    help="super-resolution run (model.image_cond=lowres) applied to the samples: a cascade")
     p.add_argument("--nrow", type=int, default=None, help="images per grid row [one row per prompt, else square]")
-    p.add_argument("--lowres-t", type=float, default=None,
-                   help="noise level of the upsampler's low-res input, fraction of T [its sample.lowres_t]")
     p.add_argument("--which", choices=["latest", "best"], default="latest", help="checkpoint of a run [latest]")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--device", default="auto")
-
-
-def _add_discrete_options(p):
-    g = p.add_argument_group("autoregressive, any-order and one-shot models")
-    g.add_argument("--temperature", type=float, default=None, help="softmax temperature (< 1 sharpens) [1]")
-    g.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest levels (0: all) [0]")
-    g.add_argument("--k", type=int, default=None, help="any_order: sub-pixels revealed per network evaluation [1]")
-    g.add_argument("--order", default=None, help="any_order: random | raster [random]")
-
-
-def _discrete_opts(args) -> dict:
-    return dict(temperature=args.temperature, top_k=args.top_k, k=args.k, order=args.order)
+    option_flags(p)      # every method's sampling options, from their dataclasses (--sampler, --k, ...)
 
 
 def _add_inpaint(sub):
@@ -89,15 +67,10 @@ def _add_inpaint(sub):
     p.add_argument("--out", default="inpaint.png")
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler", choices=list(SAMPLERS), default=None)
-    p.add_argument("--steps", type=int, default=None)
     p.add_argument("--labels", "--class", type=int, nargs="+", default=None, dest="labels")
     p.add_argument("--prompt", default=None, help="caption for a text-conditional model")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale [1]")
-    p.add_argument("--resample", type=int, default=None,
-                   help="diffusion with --sampler ddpm: RePaint resampling, each step repeated this often [1]")
     p.add_argument("--device", default="auto")
-    _add_discrete_options(p)
+    option_flags(p)
 
 
 def _add_demo(sub):
@@ -126,9 +99,6 @@ def _add_eval(sub):
     p.add_argument("--samples", default=None, help="samples.npy (uint8 levels, N x C x H x W) or a PNG directory")
     p.add_argument("--data", default=None, help="dataset the samples imitate (with --samples) [digits]")
     p.add_argument("--n", type=int, default=1000, help="samples per seed [1000]")
-    p.add_argument("--sampler", choices=list(SAMPLERS), default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--eta", type=float, default=None)
     p.add_argument("--seeds", type=int, default=1, help="sampling seeds: report mean and spread [1]")
     p.add_argument("--raw", action="store_true", help="raw weights instead of EMA")
     p.add_argument("--which", choices=["latest", "best"], default="latest")
@@ -137,14 +107,15 @@ def _add_eval(sub):
     p.add_argument("--pairs", default=None, help="write the closest sample/training pairs to this PNG")
     p.add_argument("--json", default=None, help="write every number to this JSON file")
     p.add_argument("--bpd", action="store_true",
-                   help="also the test split's bits/dim (--ckpt only): exact for autoregressive and one-shot "
-                        "models, an unbiased estimate for any-order, the variational bound for diffusion")
+                   help="also the test split's bits/dim (--ckpt only), as the method defines it: exact, a bound "
+                        "or an estimate (each method's likelihood kind)")
+    p.add_argument("--draws", type=int, default=None,
+                   help="with --bpd, for a likelihood that is estimated: Monte Carlo draws per image [the "
+                        "method's default: any-order 16, diffusion all T terms of the bound]")
     p.add_argument("--t-samples", type=int, default=None,
-                   help="with --bpd on diffusion: an unbiased estimate from this many random timesteps per image "
-                        "instead of all T terms (T network evaluations per image)")
-    p.add_argument("--draws", type=int, default=16,
-                   help="with --bpd on any-order: one-evaluation estimates averaged per image [16]")
-    _add_discrete_options(p)
+                   help="the same as --draws, by its diffusion name: random timesteps per image instead of all T "
+                        "terms of the bound")
+    option_flags(p)
 
 
 def _add_featnet(sub):
@@ -191,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _eval(args) -> None:
     import json
 
-    from .eval.evaluate import evaluate_checkpoint, evaluate_samples, format_report, load_samples
+    from .eval.evaluate import evaluate_samples, format_report, load_samples
+    from .runs import evaluate_checkpoint
 
     if args.bpd and args.samples:
         raise ValueError("--bpd needs a model (--ckpt RUN): samples alone have no likelihood")
@@ -200,17 +172,18 @@ def _eval(args) -> None:
     if args.ckpt:
         from .config import check_options
 
+        from .runs import load_data, load_run
+
         check_options(t_samples=args.t_samples, draws=args.draws)
-        res = evaluate_checkpoint(args.ckpt, n=args.n, sampler=args.sampler, steps=args.steps, seeds=args.seeds,
-                                  eta=args.eta, use_ema=not args.raw, which=args.which, batch_size=args.batch_size,
-                                  device=args.device, pairs_png=args.pairs, **_discrete_opts(args))
+        run = load_run(args.ckpt, which=args.which, use_ema=not args.raw, device=args.device)
+        res = evaluate_checkpoint(args.ckpt, n=args.n, seeds=args.seeds, use_ema=not args.raw,
+                                  batch_size=args.batch_size, pairs_png=args.pairs, run=run, **options_given(args))
         if args.bpd:
-            from .api import load_data, load_run
             from .eval.likelihood import bits_per_dim
 
-            cfg, method, model, _ = load_run(args.ckpt, which=args.which, use_ema=not args.raw, device=args.device)
-            kw = {"any_order": {"draws": args.draws}, "diffusion": {"t_samples": args.t_samples}}.get(cfg.method, {})
-            b = bits_per_dim(method, model, load_data(cfg, "test"), batch_size=min(args.batch_size, 256), **kw)
+            b = bits_per_dim(run.method, run.model, load_data(run.config, "test"),
+                             batch_size=min(args.batch_size, 256),
+                             draws=args.draws if args.t_samples is None else args.t_samples)
             res.update({"test_" + k: v for k, v in b.items()})
         title = (f"{res['checkpoint']} (step {res['step']}, {res['weights']} weights): {res['sampler']}, "
                  f"{res['nfe']} evaluations, {res['n']} samples x {res['seeds']} seed(s)")
@@ -308,14 +281,12 @@ def _run(args) -> int:
             return 128 + (res.signal or 2)          # 130 after SIGINT, 143 after SIGTERM
     elif args.command == "sample":
         out = args.out or ("process.png" if args.process else "samples.png")
-        _, nfe, path = api.sample(args.ckpt, n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                                  seed=args.seed, batch_size=args.batch_size, out=out,
+        opts = options_given(args)
+        _, nfe, path = api.sample(args.ckpt, n=args.n, seed=args.seed, batch_size=args.batch_size, out=out,
                                   process=args.process, labels=args.labels, which=args.which,
-                                  use_ema=not args.raw, device=args.device, guidance=args.guidance,
-                                  classifier=args.classifier, classifier_scale=args.classifier_scale,
-                                  prompt=args.prompt, upsampler=args.upsampler, lowres_t=args.lowres_t,
-                                  nrow=args.nrow,
-                                  **_discrete_opts(args))
+                                  use_ema=not args.raw, device=args.device, classifier=args.classifier,
+                                  prompt=args.prompt, upsampler=args.upsampler, lowres_t=opts.pop("lowres_t", None),
+                                  nrow=args.nrow, **opts)
         print(f"wrote {path} ({nfe} network evaluations per sample)")
     elif args.command == "demo":
         api.demo(name=args.name, time_budget=args.time_budget, runs_root=args.runs_dir, force=args.force)
@@ -342,9 +313,8 @@ def _run(args) -> int:
         print(f"report: {out / 'index.html'} and {out / 'README.md'}")
     elif args.command == "inpaint":
         _, nfe, path = api.inpaint(args.ckpt, args.image, args.mask, n=args.n, out=args.out, seed=args.seed,
-                                   device=args.device, labels=args.labels, sampler=args.sampler,
-                                   steps=args.steps, prompt=args.prompt, guidance=args.guidance,
-                                   resample=args.resample, **_discrete_opts(args))
+                                   device=args.device, labels=args.labels, prompt=args.prompt,
+                                   **options_given(args))
         print(f"wrote {path} ({nfe} network evaluations per sample)")
     elif args.command == "configs":
         from .config import CONFIG_DIR

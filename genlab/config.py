@@ -17,6 +17,8 @@ from typing import Optional
 
 import yaml
 
+from . import registry
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -92,29 +94,54 @@ def _fmt(x) -> str:
 
 
 def num(default=dataclasses.MISSING, lo=None, hi=None, *, lo_open=False, hi_open=False, integer=None,
-        length=None, factory=None):
-    """A dataclass field with its allowed range (see :class:`Range`); ``factory`` for list defaults."""
+        length=None, factory=None, help: str = "", late: bool = False):
+    """A dataclass field with its allowed range (see :class:`Range`); ``factory`` for list defaults; ``help``
+    the one-line description that the CLI shows for a sampling option; ``late``: a value given to the API or
+    the CLI is left to the method, which checks it against the data with a sharper message (any-order's k
+    against the image's sub-pixel count)."""
     if integer is None:
         integer = isinstance(default, int) and not isinstance(default, bool) and default is not None
-    meta = {"range": Range(lo, hi, lo_open, hi_open, integer, length)}
+    meta = {"range": Range(lo, hi, lo_open, hi_open, integer, length), "help": help, "late": late}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
 
 
+def choice(default, allowed, *, help: str = "", other: str = ""):
+    """A string field that takes one of ``allowed`` (checked by :func:`validate` and by the methods' options).
+    ``other``: a description of what else the Python API accepts (e.g. an explicit permutation); such values
+    are left to the method to check."""
+    return field(default=default, metadata={"choices": tuple(allowed), "help": help, "other": other})
+
+
+def opt(default, *, help: str = ""):
+    """A field with a help line and no range (booleans, free strings)."""
+    return field(default=default, metadata={"help": help})
+
+
+def check_value(key: str, f: dataclasses.Field, value) -> None:
+    """ConfigError unless ``value`` fits the Range or the choices declared on field ``f`` (None: unset)."""
+    if value is None:
+        return
+    if "range" in f.metadata:
+        f.metadata["range"].check(key, value)
+    allowed = f.metadata.get("choices")
+    if allowed and (isinstance(value, str) or not f.metadata.get("other")) and value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+
+
 def check_options(**given) -> None:
     """Check options given to the API or the CLI (None: unset) against the Range declared beside the field of
-    the same name in :class:`CommandOptions` or :class:`SampleConfig`. ``k`` is left to any_order, which checks
-    it against the image's sub-pixel count (a sharper message)."""
+    the same name in :class:`CommandOptions` or in a method's sampling options (see :func:`sample_section`).
+    Fields declared ``late`` (any-order's k) are left to their method, which checks them against the data."""
+    fields = {f.name: f for f in dataclasses.fields(sample_section())}
+    fields.update({f.name: f for f in dataclasses.fields(CommandOptions)})
     for name, value in given.items():
-        if value is None or name == "k":
+        if value is None:
             continue
-        for cls in (CommandOptions, SampleConfig):
-            f = next((f for f in dataclasses.fields(cls) if f.name == name), None)
-            if f is not None:
-                if "range" in f.metadata:
-                    f.metadata["range"].check(name, value)
-                break
+        f = fields.get(name)
+        if f is not None and "range" in f.metadata and not f.metadata.get("late"):
+            f.metadata["range"].check(name, value)
 
 
 BIG = 10 ** 12     # upper end of counts that have no natural limit
@@ -169,7 +196,7 @@ class DiffusionConfig:
 @dataclass
 class ARConfig:
     """Backbone of method ``autoregressive`` (``any_order`` and ``diffusion`` use the UNet of ``model``)."""
-    backbone: str = "pixelcnn"         # pixelcnn (gated, van den Oord et al. 2016) | transformer (causal, KV cache)
+    backbone: str = choice("pixelcnn", ("pixelcnn", "transformer"))  # pixelcnn (gated, van den Oord et al. 2016) | transformer (causal, KV cache)
     width: int = num(64, 1, 4096)      # PixelCNN channels / transformer model width
     layers: int = num(8, 1, 256)       # gated layers / transformer blocks
     kernel_size: int = num(5, 1, 63)   # PixelCNN only (odd)
@@ -207,19 +234,39 @@ class TrainConfig:
 
 
 @dataclass
-class SampleConfig:
-    sampler: str = "ddim"              # ddpm | ddim | dpmpp-2m | euler | heun
-    steps: int = num(50, 1, 100_000)   # Heun: noise levels (2 * steps - 1 network evaluations)
-    eta: float = num(0.0, 0.0, 1.0)    # DDIM noise (0: deterministic, 1: DDPM-like)
-    spacing: str = "trailing"          # timesteps of ddpm, ddim, dpmpp-2m: leading | trailing | linspace
-    variance: str = "small"            # ddpm posterior variance: small (beta tilde) | large (beta)
-    n: int = num(64, 1, 10 ** 7)
-    use_ema: bool = True
-    temperature: float = num(1.0, 0.0, 100.0, lo_open=True)  # discrete methods: softmax temperature (< 1 sharpens)
-    top_k: int = num(0, 0, 2 ** 31 - 1)  # discrete methods: sample among the k likeliest levels (0: all)
-    k: int = num(1, 1, 2 ** 31 - 1)    # any_order: sub-pixels revealed per network evaluation
-    order: str = "random"              # any_order: random | raster
-    lowres_t: float = num(0.1, 0.0, 1.0)  # upsampler: noise level of the low-res conditioning image (fraction of T)
+class SampleBase:
+    """The sampling keys every method has; each method adds its own (see :func:`sample_section`)."""
+    n: int = num(64, 1, 10 ** 7, help="samples drawn for grids during training")
+    use_ema: bool = opt(True, help="sample with the EMA weights")
+
+
+_SAMPLE_CLASSES: dict = {}
+
+
+def sample_section() -> type:
+    """The ``sample`` section: :class:`SampleBase` plus every registered method's sampling options (its
+    ``Options`` dataclass), each defaulting to None, "the method's own default". So config keys, the API's
+    keyword arguments and the CLI's flags all come from the methods' option dataclasses. A key of another
+    method is accepted and ignored (one override list serves every method of a comparison); each method
+    checks the keys it takes when it builds its options."""
+    fields_ = registry.option_fields()
+    key = tuple((n, tuple(m)) for n, (_, m) in fields_.items())
+    cls = _SAMPLE_CLASSES.get(key)
+    if cls is None:
+        extra = []
+        for name, (f, owners) in fields_.items():
+            if name in ("n", "use_ema"):
+                continue
+            tp = typing.get_type_hints(registry.METHODS[owners[0]].Options)[name]
+            extra.append((name, Optional[tp], field(default=None, metadata=dict(f.metadata, methods=tuple(owners)))))
+        cls = dataclasses.make_dataclass("SampleConfig", extra, bases=(SampleBase,))
+        cls.__module__ = __name__
+        _SAMPLE_CLASSES[key] = cls
+    return cls
+
+
+def _new_sample():
+    return sample_section()()
 
 
 @dataclass
@@ -245,10 +292,31 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     ar: ARConfig = field(default_factory=ARConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
+    sample: SampleBase = field(default_factory=_new_sample)
+
+    def __post_init__(self):
+        self.__dict__["_extra"] = {}
+
+    def __getattr__(self, name):
+        """Sections that methods declare in their own files (registered in :mod:`genlab.registry`)."""
+        extra = self.__dict__.get("_extra")
+        secs = registry.sections()
+        if extra is not None and name in secs:
+            if name not in extra:
+                extra[name] = secs[name]()
+            return extra[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def sections(self) -> dict:
+        """Every section by name: the built-in ones, then the methods' own."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "method"}
+        out.update({name: getattr(self, name) for name in registry.sections()})
+        return out
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d.update({name: dataclasses.asdict(getattr(self, name)) for name in registry.sections()})
+        return d
 
     def validate(self) -> "Config":
         validate(self)
@@ -256,19 +324,13 @@ class Config:
 
 
 def _choices() -> dict:
-    """Allowed values, taken from the registries that implement them."""
+    """Allowed values of the built-in sections, taken from the registries that implement them (the methods'
+    own keys declare theirs with :func:`choice`)."""
     from .data import DATASETS
     from .diffusion.process import PREDICTIONS
-    from .diffusion.samplers import SAMPLERS, SPACINGS
     from .diffusion.schedules import SCHEDULES
-    from .methods import METHODS
-    from .methods.any_order import ORDERS
-    from .methods.autoregressive import BACKBONES
 
     return {
-        "method": tuple(METHODS),
-        "ar.backbone": BACKBONES,
-        "sample.order": ORDERS,
         "data.name": DATASETS,
         "data.on_bad_image": ("error", "skip"),
         "diffusion.schedule": SCHEDULES,
@@ -278,9 +340,6 @@ def _choices() -> dict:
         "model.image_cond": ("none", "lowres", "mask"),
         "train.lr_schedule": ("cosine", "constant"),
         "train.precision": ("auto", "fp32", "bf16", "fp16"),
-        "sample.sampler": tuple(SAMPLERS),
-        "sample.spacing": SPACINGS,
-        "sample.variance": ("small", "large"),
     }
 
 
@@ -299,21 +358,29 @@ def parse_duration(value) -> float:
 
 
 def check_ranges(obj, prefix: str = "") -> None:
-    """Check every field of a config (sections recursively) against the Range declared beside it."""
-    for f in dataclasses.fields(obj):
-        v = getattr(obj, f.name)
-        key = f"{prefix}{f.name}"
+    """Check every field of a config (sections recursively) against the Range or choices declared beside it.
+    Keys of the ``sample`` section that belong to other methods are checked by range only (their methods'
+    choices may differ: each method checks its own when it builds its options)."""
+    for name, f in _fields(obj).items():
+        v = getattr(obj, name)
+        key = f"{prefix}{name}"
         if dataclasses.is_dataclass(v):
             check_ranges(v, key + ".")
-        elif "range" in f.metadata and v is not None:
-            r = f.metadata["range"]
-            r.check(key, v)
-            if r.integer and isinstance(v, list):       # [1.0, 2] -> [1, 2]: layers count in whole numbers
-                setattr(obj, f.name, [int(e) for e in v])
+        elif f is not None and v is not None:
+            if "range" in f.metadata:
+                r = f.metadata["range"]
+                r.check(key, v)
+                if r.integer and isinstance(v, list):       # [1.0, 2] -> [1, 2]: layers count in whole numbers
+                    setattr(obj, name, [int(e) for e in v])
+            elif "choices" in f.metadata and "methods" not in f.metadata:
+                check_value(key, f, v)
 
 
 def validate(cfg: Config) -> None:
-    """Raise ConfigError naming the first bad value and what is allowed."""
+    """Raise ConfigError naming the first bad value and what is allowed: the built-in sections here, then the
+    method's own checks (its section, its sampling options, the conditions it supports)."""
+    if cfg.method not in registry.METHODS:
+        raise ConfigError(f"method={cfg.method!r} is not allowed; choose one of {', '.join(registry.names())}")
     for key, allowed in _choices().items():
         v = get_key(cfg, key)
         if v not in allowed:
@@ -329,13 +396,13 @@ def validate(cfg: Config) -> None:
     m = cfg.model
     if m.text_cond and m.class_cond:
         raise ConfigError("model.class_cond and model.text_cond are exclusive: condition on labels or on captions")
-    if m.image_cond != "none" and cfg.method != "diffusion":
-        raise ConfigError(f"model.image_cond={m.image_cond} is implemented for method=diffusion, not {cfg.method}")
-    if m.text_cond and not (cfg.method == "diffusion" or (cfg.method == "autoregressive"
-                                                          and cfg.ar.backbone == "transformer")):
-        raise ConfigError("model.text_cond is implemented for method=diffusion and for method=autoregressive with "
-                          f"ar.backbone=transformer, not {cfg.method}"
-                          + (f" with ar.backbone={cfg.ar.backbone}" if cfg.method == "autoregressive" else ""))
+    for kind, on in (("image_cond", m.image_cond != "none"), ("text_cond", m.text_cond)):
+        if on and not registry.METHODS[cfg.method].supports(kind, cfg):
+            value = f"model.image_cond={m.image_cond}" if kind == "image_cond" else "model.text_cond"
+            where = " and for ".join(c.support_note(kind) for c in registry.METHODS.values()
+                                     if c.support_note(kind))
+            raise ConfigError(f"{value} is implemented for {where}, not {cfg.method}"
+                              + registry.METHODS[cfg.method].support_detail(kind, cfg))
     if m.text_cond and m.text_encoder == "learned" and (m.text_width <= 0 or m.text_layers < 0
                                                         or m.text_width % m.num_heads):
         raise ConfigError(f"model.text_width={m.text_width} must be > 0 and divisible by model.num_heads="
@@ -353,8 +420,6 @@ def validate(cfg: Config) -> None:
                           f"got {m.lowres_size}")
     if cfg.diffusion.beta_start > cfg.diffusion.beta_end:
         raise ConfigError("diffusion.beta_start and beta_end must satisfy 0 < beta_start <= beta_end < 1")
-    if cfg.sample.steps > cfg.diffusion.timesteps:
-        raise ConfigError(f"sample.steps={cfg.sample.steps} exceeds diffusion.timesteps={cfg.diffusion.timesteps}")
     if cfg.train.time_budget is not None:
         if parse_duration(cfg.train.time_budget) <= 0:
             raise ConfigError(f"train.time_budget={cfg.train.time_budget!r} must be positive")
@@ -363,12 +428,17 @@ def validate(cfg: Config) -> None:
     if cfg.train.batch_size % cfg.train.grad_accum:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by "
                           f"train.grad_accum={cfg.train.grad_accum}")
+    registry.METHODS[cfg.method].check_config(cfg)
 
 
 # ----------------------------------------------------------------------------------------------- key access
 
-def _fields(obj) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(obj)}
+def _fields(obj) -> dict:
+    """name -> dataclasses.Field of a config object; the methods' own sections of a Config map to None."""
+    out = {f.name: f for f in dataclasses.fields(obj)}
+    if isinstance(obj, Config):
+        out.update({name: None for name in registry.sections()})
+    return out
 
 
 def _resolve(cfg, key: str):
@@ -438,11 +508,10 @@ def _coerce(value, tp, key: str):
 
 def set_key(cfg, key: str, value) -> None:
     obj, name = _resolve(cfg, key)
-    f = _fields(obj)[name]
     if dataclasses.is_dataclass(getattr(obj, name)):
         raise ConfigError(f"{key!r} is a section; set its keys, e.g. {key}.{dataclasses.fields(getattr(obj, name))[0].name}=...")
     hints = typing.get_type_hints(type(obj))
-    setattr(obj, name, _coerce(value, hints[f.name], key))
+    setattr(obj, name, _coerce(value, hints[name], key))
 
 
 def apply_dict(cfg, d: dict, prefix: str = "") -> None:

@@ -1,5 +1,5 @@
 """Evaluating samples and checkpoints with one harness: FID against the train split's statistics (the headline),
-FID against all images, the matched-N comparison with the real-vs-real floor (BENCHMARKS.md B1), KID,
+FID against all images, the matched-N comparison with the real-vs-real floor (benchmarks/README.md, B1), KID,
 precision/recall, memorization, class statistics, and sampling cost.
 
 Samples are integer level arrays (N, C, H, W) of the dataset (digits: 0..16), as ``genlab sample --out x.npy``
@@ -202,35 +202,18 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
-def sampling_label(cfg, opts: dict) -> str:
-    """A short name of how samples were drawn: ``ddim-50``, ``raster``, ``any-order k=4 random``, ``one-shot``."""
-    s = cfg.sample
-    if cfg.method == "diffusion":
-        return f"{opts.get('sampler') or s.sampler}-{s.steps if opts.get('steps') is None else opts['steps']}"
-    if cfg.method == "any_order":
-        order = opts.get("order", s.order)
-        return f"k={opts.get('k', s.k)} {order if isinstance(order, str) else 'custom'} order"
-    extra = [f"T={opts['temperature']}"] if opts.get("temperature", 1.0) != 1.0 else []
-    extra += [f"top-{opts['top_k']}"] if opts.get("top_k") else []
-    return " ".join(["raster" if cfg.method == "autoregressive" else "one-shot"] + extra)
-
-
-def evaluate_checkpoint(ckpt, *, n: int = 1000, sampler: Optional[str] = None, steps: Optional[int] = None,
-                        seeds: int = 1, eta: Optional[float] = None, use_ema: bool = True, which: str = "latest",
-                        batch_size: int = 500, device: str = "auto", pairs_png=None, run=None, **opts) -> dict:
-    """Sample n images per seed (seed k uses per-sample seeds k * n + i) and evaluate them; with cost.
-    ``opts``: the method's sampling options (e.g. k and order for any_order); None values are dropped.
-    ``run``: the (config, method, model, state) of ``load_run`` when the caller has it loaded already."""
-    from ..api import load_run
+def evaluate_run(cfg, method, model, state, *, n: int = 1000, seeds: int = 1, use_ema: bool = True,
+                 batch_size: int = 500, pairs_png=None, **opts) -> dict:
+    """Sample n images per seed (seed k uses per-sample seeds k * n + i) from a loaded run and evaluate them,
+    with their cost. ``opts``: the method's sampling options (None values are dropped); loading a run from
+    disk is :func:`genlab.runs.evaluate_checkpoint`."""
     from ..config import check_options
-    from ..methods.categorical import check_sample_options
 
-    check_options(n=n, seeds=seeds, steps=steps, eta=eta, batch_size=batch_size, **opts)
+    check_options(n=n, seeds=seeds, batch_size=batch_size, **opts)
     if n < MIN_SAMPLES:
         raise ValueError(f"n={n}: an evaluation needs at least {MIN_SAMPLES} samples")
-    cfg, method, model, state = run or load_run(ckpt, which=which, use_ema=use_ema, device=device)
-    opts = {k: v for k, v in dict(opts, sampler=sampler, steps=steps, eta=eta).items() if v is not None}
-    check_sample_options(cfg.method, method.sample_options, opts)
+    opts = {k: v for k, v in opts.items() if v is not None}
+    typed = method.options(**opts)       # a clear error for an option of another method
     data, levels = state["data"]["name"], state["data"]["levels"]
     dev = next(model.parameters()).device
     if dev.type == "cuda":
@@ -245,8 +228,8 @@ def evaluate_checkpoint(ckpt, *, n: int = 1000, sampler: Optional[str] = None, s
     mem, mem_kind = _peak_memory_mb(dev)
     out = summarize(runs)
     out.update({"checkpoint": state["path"], "step": state["step"], "data": data, "n": n, "seeds": seeds,
-                "method": cfg.method, "sampler": sampling_label(cfg, opts),
-                "steps": cfg.sample.steps if steps is None else steps, "nfe": nfe,
+                "method": cfg.method, "sampler": method.sampling_label(typed),
+                "steps": getattr(typed, "steps", None), "nfe": nfe,
                 "seconds_per_1000": 1000 * float(np.mean(secs)) / n, "peak_memory_mb": mem,
                 "peak_memory_kind": mem_kind, "weights": "ema" if use_ema else "raw", "per_seed": runs})
     return out

@@ -1,22 +1,11 @@
-"""Methods: each a small object with build_model(), loss(), sample() and log_likelihood().
-
-- ``diffusion``: denoising diffusion (DDPM family), samplers from :mod:`genlab.diffusion.samplers`;
-- ``autoregressive``: raster autoregression with a gated PixelCNN or a causal transformer;
-- ``any_order``: generalized autoregression, any order and k sub-pixels per step;
-- ``oneshot``: every pixel predicted independently (the blurry-average baseline).
+"""Methods: one file per family, each a :class:`~genlab.methods.base.Method` registered in
+:mod:`genlab.registry` (see :mod:`genlab.methods.base` for the protocol). Importing this package registers them;
+a new family is one file plus one import line here.
 """
-from .any_order import AnyOrderMethod
-from .autoregressive import AutoregressiveMethod
-from .classifier import ClassifierMethod
-from .diffusion import DiffusionMethod
-from .oneshot import OneShotMethod
-
-METHODS = {"diffusion": DiffusionMethod, "autoregressive": AutoregressiveMethod, "any_order": AnyOrderMethod,
-           "oneshot": OneShotMethod, "classifier": ClassifierMethod}
-
-# sampling options each method accepts (besides n, labels, seed, batch size), for clear errors
-SAMPLE_OPTIONS = {name: m.sample_options for name, m in METHODS.items()}
-
-
-def get_method(cfg):
-    return METHODS[cfg.method](cfg)
+from .base import Method, get_method, register  # noqa: F401
+from .diffusion import DiffusionMethod  # noqa: F401
+from .autoregressive import AutoregressiveMethod  # noqa: F401
+from .any_order import AnyOrderMethod  # noqa: F401
+from .oneshot import OneShotMethod  # noqa: F401
+from .classifier import ClassifierMethod  # noqa: F401
+from ..registry import METHODS  # noqa: F401  (name -> class, filled by the imports above)

@@ -16,18 +16,26 @@ random or raster order. Inpainting comes for free: start with the known sub-pixe
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import choice, num
 from ..nn import UNet
 from ..rng import StepRNG
-from .categorical import (square_shape, LN2, PerSampleUniform, check_sample_options, drop_labels, filter_logits, from_levels,
-                          known_pixels, labels_or_none, nll_nats, sample_from, to_levels, unwrap)
+from .base import Method, register
+from .categorical import (square_shape, LN2, DiscreteOptions, PerSampleUniform, drop_labels, filter_logits,
+                          from_levels, known_pixels, labels_or_none, nll_nats, sample_from, to_levels, unwrap)
 
 ORDERS = ("random", "raster")
+
+
+@dataclass
+class AnyOrderOptions(DiscreteOptions):
+    k: int = num(1, 1, 2 ** 31 - 1, late=True, help="sub-pixels revealed per network evaluation (1..C*H*W)")
+    order: str = choice("random", ORDERS, help="order of the reveal", other="a permutation of 0..D-1")
 
 
 def raster(t: torch.Tensor) -> torch.Tensor:
@@ -60,12 +68,26 @@ class AnyOrderNet(nn.Module):
         return out.reshape(n, self.in_channels, self.levels, h, w)
 
 
-class AnyOrderMethod:
+@register
+class AnyOrderMethod(Method):
     name = "any_order"
-    sample_options = ("temperature", "top_k", "k", "order", "known", "known_mask")
+    family = "any-order AR"
+    label = "any-order AR"
+    Options = AnyOrderOptions
+    inputs = ("known", "known_mask")
+    likelihood = "estimate"
+    likelihood_draws = 16
 
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
+    def nfe(self, opts, shape: tuple) -> int:
+        d = shape[0] * shape[1] * shape[2]
+        return -(-d // opts.k)
+
+    def sampling_label(self, opts) -> str:
+        return f"k={opts.k} {opts.order if isinstance(opts.order, str) else 'custom'} order"
+
+    def process_options(self, option_list: list) -> dict:
+        """A few big steps show the k-pixel reveal best."""
+        return max(option_list, key=lambda s: s.get("k", 1)) if len(option_list) > 1 else option_list[0]
 
     def build_model(self, shape: tuple, num_classes: int = 0, levels: int = 256) -> nn.Module:
         m = self.cfg.model
@@ -96,11 +118,12 @@ class AnyOrderMethod:
         return self._estimate(model, x, y, t, r).mean()
 
     @torch.no_grad()
-    def log_likelihood(self, model, x: torch.Tensor, y: Optional[torch.Tensor] = None, *, draws: int = 16,
-                       seed: int = 0, **_) -> torch.Tensor:
+    def log_likelihood(self, model, x: torch.Tensor, y: Optional[torch.Tensor] = None, *,
+                       draws: Optional[int] = None, seed: int = 0, **_) -> torch.Tensor:
         """Unbiased estimate of the order-averaged bits/dim of each image (N,), the mean of ``draws`` one-draw
         estimates (ARDM eq. 5), each one network evaluation."""
         net = unwrap(model)
+        draws = self.likelihood_draws if draws is None else draws
         g = torch.Generator().manual_seed(seed)
         y = labels_or_none(net, y)
         total = torch.zeros(x.shape[0], dtype=torch.float64)
@@ -139,84 +162,72 @@ class AnyOrderMethod:
                              f"index); got {o.numel()} entries, {dup} repeated, missing e.g. {missing}")
         return o
 
-    @torch.no_grad()
-    def sample(self, model, n: int, *, y: Optional[torch.Tensor] = None, seed: int = 0, batch_size: int = 256,
-               callback: Optional[Callable] = None, device=None, progress: bool = False,
-               **opts) -> tuple[torch.Tensor, int]:
-        """n images revealed k sub-pixels per network evaluation (ceil(D / k) evaluations per sample).
+    def prepare_inputs(self, model, n: int, opts, inputs: dict) -> dict:
+        net = unwrap(model)
+        d, c, size = net.dims, net.in_channels, net.image_size
+        k = opts.k
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d:
+            raise ValueError(f"k (sub-pixels revealed per step) must be an integer in 1..{d} for "
+                             f"{c}x{size}x{size} images, got {k!r}")
+        if isinstance(opts.order, str):
+            if opts.order not in ORDERS:
+                raise ValueError(f"order must be one of {', '.join(ORDERS)} or a permutation of 0..{d - 1}; "
+                                 f"got {opts.order!r}")
+            fixed = torch.arange(d) if opts.order == "raster" else None
+        else:
+            fixed = self._check_order(opts.order, d)
+        known, mask = known_pixels(inputs, n, (c, size, size))
+        out = {"fixed": fixed} if fixed is not None else {}
+        return out if known is None else dict(out, known=known, known_mask=mask)
+
+    def sample_batch(self, model, seeds: range, opts, *, y=None, device=None, callback=None, known=None,
+                     known_mask=None, fixed=None):
+        """Reveal k sub-pixels per network evaluation (ceil(D / k) evaluations per sample).
 
         Options: k (1..D), order ("random": a fresh random order per sample; "raster"; or an explicit
         permutation of 0..D-1 in raster index), temperature, top_k, and for inpainting ``known`` (N, C, H, W)
         model-space images with ``known_mask`` (N, C, H, W) bool: those sub-pixels are revealed from the start
         and kept."""
-        check_sample_options(self.name, self.sample_options, opts)
-        s = self.cfg.sample
         net = unwrap(model)
         d, c, size = net.dims, net.in_channels, net.image_size
-        k = opts.get("k", s.k)
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d:
-            raise ValueError(f"k (sub-pixels revealed per step) must be an integer in 1..{d} for "
-                             f"{c}x{size}x{size} images, got {k!r}")
-        order = opts.get("order", s.order)
-        if isinstance(order, str):
-            if order not in ORDERS:
-                raise ValueError(f"order must be one of {', '.join(ORDERS)} or a permutation of 0..{d - 1}; "
-                                 f"got {order!r}")
-            fixed = torch.arange(d) if order == "raster" else None
+        k, temperature, top_k, dev = opts.k, opts.temperature, opts.top_k, device
+        b = len(seeds)
+        draws = PerSampleUniform(seeds).rand(2, d, device=dev)
+        keys, u = draws[:, 0], draws[:, 1]
+        if fixed is not None:   # rank[p] = place of sub-pixel p in the order
+            rank = fixed.to(dev).argsort().expand(b, d).float()
         else:
-            fixed = self._check_order(order, d)
-        known, known_mask = known_pixels(opts, n, (c, size, size))
-        temperature = opts.get("temperature", s.temperature)
-        top_k = opts.get("top_k", s.top_k)
-        dev = device or next(net.parameters()).device
-        was_training = net.training
-        net.eval()
-        out, nfe = [], 0
-        starts = range(0, n, batch_size)
-        if progress:
-            from tqdm import tqdm
-            starts = tqdm(starts, desc=f"sampling any-order k={k}", unit="batch", leave=False)
-        for b0 in starts:
-            b = min(batch_size, n - b0)
-            draws = PerSampleUniform(range(seed + b0, seed + b0 + b)).rand(2, d, device=dev)
-            keys, u = draws[:, 0], draws[:, 1]
-            if fixed is not None:   # rank[p] = place of sub-pixel p in the order
-                rank = fixed.to(dev).argsort().expand(b, d).float()
-            else:
-                rank = keys.argsort(1).argsort(1).float()
-            lv = torch.zeros(b, d, dtype=torch.long, device=dev)
-            mask = torch.zeros(b, d, dtype=torch.bool, device=dev)
-            if known is not None:
-                mask = raster(known_mask[b0:b0 + b].to(dev).bool())
-                lv = torch.where(mask, raster(to_levels(known[b0:b0 + b].to(dev), net.levels)), lv)
-                rank = torch.where(mask, rank - d, rank)    # known positions first, then the chosen order
-            perm = rank.argsort(1)
+            rank = keys.argsort(1).argsort(1).float()
+        lv = torch.zeros(b, d, dtype=torch.long, device=dev)
+        mask = torch.zeros(b, d, dtype=torch.bool, device=dev)
+        if known is not None:
+            mask = raster(known_mask.to(dev).bool())
+            lv = torch.where(mask, raster(to_levels(known.to(dev), net.levels)), lv)
+            rank = torch.where(mask, rank - d, rank)    # known positions first, then the chosen order
+        perm = rank.argsort(1)
+        t = mask.sum(1)
+        yb = labels_or_none(net, y)
+        steps = 0
+        while bool((t < d).any()):
+            pos = t[:, None] + torch.arange(k, device=dev)[None]
+            valid = pos < d
+            idx = perm.gather(1, pos.clamp(max=d - 1))
+            x = from_levels(unraster(lv, c, size), net.levels)
+            logits = _raster_logits(net(x, unraster(mask, c, size), t, yb))
+            chosen = logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1]))
+            v = sample_from(filter_logits(chosen, temperature, top_k), u.gather(1, idx))
+            # near the end, positions past D are clamped to D-1 and repeat it: add only the valid draws
+            # (scatter_add, since with repeated indices a plain scatter may keep an invalid write)
+            hit = torch.zeros_like(lv).scatter_add_(1, idx, valid.long()) > 0
+            drawn = torch.zeros_like(lv).scatter_add_(1, idx, v * valid)
+            lv = torch.where(hit, drawn, lv)
+            mask = mask | hit
             t = mask.sum(1)
-            yb = None if y is None else labels_or_none(net, y[b0:b0 + b].to(dev))
-            steps = 0
-            while bool((t < d).any()):
-                pos = t[:, None] + torch.arange(k, device=dev)[None]
-                valid = pos < d
-                idx = perm.gather(1, pos.clamp(max=d - 1))
-                x = from_levels(unraster(lv, c, size), net.levels)
-                logits = _raster_logits(net(x, unraster(mask, c, size), t, yb))
-                chosen = logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1]))
-                v = sample_from(filter_logits(chosen, temperature, top_k), u.gather(1, idx))
-                # near the end, positions past D are clamped to D-1 and repeat it: add only the valid draws
-                # (scatter_add, since with repeated indices a plain scatter may keep an invalid write)
-                hit = torch.zeros_like(lv).scatter_add_(1, idx, valid.long()) > 0
-                drawn = torch.zeros_like(lv).scatter_add_(1, idx, v * valid)
-                lv = torch.where(hit, drawn, lv)
-                mask = mask | hit
-                t = mask.sum(1)
-                steps += 1
-                if callback is not None and b0 == 0:
-                    callback({"step": steps, "x": from_levels(unraster(lv, c, size), net.levels),
-                              "known": unraster(mask, c, size).clone()})
-            nfe = max(nfe, steps)
-            out.append(from_levels(unraster(lv, c, size), net.levels).cpu())
-        net.train(was_training)
-        return torch.cat(out), nfe
+            steps += 1
+            if callback is not None:
+                callback({"step": steps, "x": from_levels(unraster(lv, c, size), net.levels),
+                          "known": unraster(mask, c, size).clone()})
+        return from_levels(unraster(lv, c, size), net.levels), steps
 
 
 def _raster_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -9,25 +9,56 @@ Backbones (``ar.backbone``): ``pixelcnn`` (:class:`genlab.nn.pixelcnn.GatedPixel
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import Config, num, opt
 from ..diffusion.guidance import guided_logits
-from .categorical import (square_shape, PerSampleUniform, TeacherForced, check_sample_options, filter_logits, from_levels,
+from .base import Method, register
+from .categorical import (square_shape, DiscreteOptions, PerSampleUniform, TeacherForced, filter_logits, from_levels,
                           known_pixels, labels_or_none, sample_from, to_levels, unwrap)
+from .oneshot import discrete_label
 
 BACKBONES = ("pixelcnn", "transformer")
 
 
-class AutoregressiveMethod(TeacherForced):
-    name = "autoregressive"
-    sample_options = ("temperature", "top_k", "use_cache", "known", "known_mask", "guidance")
+@dataclass
+class AutoregressiveOptions(DiscreteOptions):
+    use_cache: bool = opt(True, help="transformer: key/value cache (false re-runs the network per sub-pixel)")
+    guidance: float = num(1.0, 0.0, 1000.0, help="classifier-free guidance scale (1: none, 0: unconditional)")
 
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
+
+@register
+class AutoregressiveMethod(TeacherForced, Method):
+    name = "autoregressive"
+    family = "autoregressive"
+    label = "raster AR"
+    Options = AutoregressiveOptions
+    inputs = ("known", "known_mask")
+    likelihood = "exact"
+    conditions = ("class", "text")
+
+    @classmethod
+    def supports(cls, kind: str, cfg: Config) -> bool:
+        return kind == "text_cond" and cfg.ar.backbone == "transformer"
+
+    @classmethod
+    def support_note(cls, kind: str) -> str:
+        return "method=autoregressive with ar.backbone=transformer" if kind == "text_cond" else ""
+
+    @classmethod
+    def support_detail(cls, kind: str, cfg: Config) -> str:
+        return f" with ar.backbone={cfg.ar.backbone}" if kind == "text_cond" else ""
+
+    def nfe(self, opts, shape: tuple) -> int:
+        d = shape[0] * shape[1] * shape[2]
+        return 2 * d if opts.guidance != 1.0 else d
+
+    def sampling_label(self, opts) -> str:
+        return discrete_label("raster", opts)
 
     def build_model(self, shape: tuple, num_classes: int = 0, levels: int = 256,
                     vocab: Optional[dict] = None) -> nn.Module:
@@ -47,69 +78,56 @@ class AutoregressiveMethod(TeacherForced):
         return PixelTransformer(in_channels=c, image_size=h, levels=levels, width=a.width, layers=a.layers,
                                 heads=a.heads, dropout=a.dropout, num_classes=k, text_encoder=text)
 
-    @torch.no_grad()
-    def sample(self, model, n: int, *, y: Optional[torch.Tensor] = None, seed: int = 0, batch_size: int = 256,
-               callback: Optional[Callable] = None, device=None, progress: bool = False,
-               **opts) -> tuple[torch.Tensor, int]:
-        """n images drawn sub-pixel by sub-pixel in raster order; returns (images, evaluations per sample = C*H*W).
+    def prepare_inputs(self, model, n: int, opts, inputs: dict) -> dict:
+        net = unwrap(model)
+        known, mask = known_pixels(inputs, n, (net.in_channels, net.image_size, net.image_size))
+        return {} if known is None else {"known": known, "known_mask": mask}
+
+    def sample_batch(self, model, seeds: range, opts, *, y=None, device=None, callback=None, known=None,
+                     known_mask=None):
+        """Sub-pixel by sub-pixel in raster order (evaluations per sample = C*H*W, twice that with guidance).
 
         Options: temperature (> 0; < 1 sharpens), top_k (0 = all levels), use_cache (transformer only: False
         re-runs the full network for every sub-pixel, as a PixelCNN must), and ``known`` (N, C, H, W) model-space
         images with ``known_mask`` (N, C, H, W) bool: those sub-pixels are kept instead of drawn. Raster AR can
         only condition on known pixels that come before a position (any_order conditions on all of them)."""
-        check_sample_options(self.name, self.sample_options, opts)
-        s = self.cfg.sample
-        temperature = opts.get("temperature", s.temperature)
-        top_k = opts.get("top_k", s.top_k)
-        use_cache = opts.get("use_cache", True)
+        temperature, top_k, guidance = opts.temperature, opts.top_k, opts.guidance
         net = unwrap(model)
-        dev = device or next(net.parameters()).device
-        was_training = net.training
-        net.eval()
+        dev = device
         c, size = net.in_channels, net.image_size
         d = c * size * size
-        known_x, known_mask = known_pixels(opts, n, (c, size, size))
-        guidance = opts.get("guidance")
-        guided = guidance is not None and float(guidance) != 1.0
+        guided = float(guidance) != 1.0
         if guided and (not net.conditional or y is None):
             raise ValueError("classifier-free guidance needs a class- or text-conditional model (model.class_cond or "
                              "model.text_cond, trained with diffusion.cond_drop > 0) and labels or a prompt")
-        out = []
-        starts = range(0, n, batch_size)
-        if progress:
-            from tqdm import tqdm
-            starts = tqdm(starts, desc=f"sampling {self.cfg.ar.backbone}", unit="batch", leave=False)
-        for b0 in starts:
-            b = min(batch_size, n - b0)
-            u = PerSampleUniform(range(seed + b0, seed + b0 + b)).rand(d, device=dev)
-            yb = None if y is None else labels_or_none(net, y[b0:b0 + b].to(dev))
-            levels = torch.zeros(b, c, size, size, dtype=torch.long, device=dev)
-            known = torch.zeros(b, c, size, size, dtype=torch.bool, device=dev)
-            cache = net.new_cache(b, dev) if use_cache and hasattr(net, "step") else None
-            null = net.null_like(yb) if guided else None
-            cache_u = net.new_cache(b, dev) if guided and cache is not None else None
-            prev = None
-            for p in range(d):
-                ch, pix = p % c, p // c
-                i, j = divmod(pix, size)
-                if cache is not None:
-                    logits = net.step(cache, prev, yb)
-                    if guided:
-                        logits = guided_logits(logits, net.step(cache_u, prev, null), guidance)
-                else:
-                    canvas = from_levels(levels, net.levels)
-                    logits = net(canvas, yb)[:, ch, :, i, j]
-                    if guided:
-                        logits = guided_logits(logits, net(canvas, null)[:, ch, :, i, j], guidance)
-                v = sample_from(filter_logits(logits, temperature, top_k), u[:, p])
-                if known_x is not None:
-                    fixed = known_mask[b0:b0 + b, ch, i, j].to(dev)
-                    v = torch.where(fixed, to_levels(known_x[b0:b0 + b, ch, i, j].to(dev), net.levels), v)
-                levels[:, ch, i, j] = v
-                known[:, ch, i, j] = True
-                prev = v
-                if callback is not None and b0 == 0:
-                    callback({"step": p, "x": from_levels(levels, net.levels), "known": known.clone()})
-            out.append(from_levels(levels, net.levels).cpu())
-        net.train(was_training)
-        return torch.cat(out), 2 * d if guided else d
+        b = len(seeds)
+        u = PerSampleUniform(seeds).rand(d, device=dev)
+        yb = labels_or_none(net, y)
+        levels = torch.zeros(b, c, size, size, dtype=torch.long, device=dev)
+        done = torch.zeros(b, c, size, size, dtype=torch.bool, device=dev)
+        cache = net.new_cache(b, dev) if opts.use_cache and hasattr(net, "step") else None
+        null = net.null_like(yb) if guided else None
+        cache_u = net.new_cache(b, dev) if guided and cache is not None else None
+        prev = None
+        for p in range(d):
+            ch, pix = p % c, p // c
+            i, j = divmod(pix, size)
+            if cache is not None:
+                logits = net.step(cache, prev, yb)
+                if guided:
+                    logits = guided_logits(logits, net.step(cache_u, prev, null), guidance)
+            else:
+                canvas = from_levels(levels, net.levels)
+                logits = net(canvas, yb)[:, ch, :, i, j]
+                if guided:
+                    logits = guided_logits(logits, net(canvas, null)[:, ch, :, i, j], guidance)
+            v = sample_from(filter_logits(logits, temperature, top_k), u[:, p])
+            if known is not None:
+                fixed = known_mask[:, ch, i, j].to(dev)
+                v = torch.where(fixed, to_levels(known[:, ch, i, j].to(dev), net.levels), v)
+            levels[:, ch, i, j] = v
+            done[:, ch, i, j] = True
+            prev = v
+            if callback is not None:
+                callback({"step": p, "x": from_levels(levels, net.levels), "known": done.clone()})
+        return from_levels(levels, net.levels), 2 * d if guided else d

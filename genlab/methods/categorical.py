@@ -11,10 +11,14 @@ consumed by inverse-CDF draws, so a sample does not depend on the batch it is dr
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from ..config import num
+from .base import check_sample_options, unwrap  # noqa: F401  (re-exported: older imports)
 
 LN2 = math.log(2.0)
 
@@ -72,18 +76,11 @@ class PerSampleUniform:
         return torch.stack([torch.rand(shape, generator=g) for g in self.generators]).to(device)
 
 
-def check_sample_options(method: str, allowed: tuple, given: dict) -> None:
-    """A clear error for sampling options that do not apply to this method (e.g. --k for a diffusion model)."""
-    from . import SAMPLE_OPTIONS
-
-    bad = [k for k in given if k not in allowed]
-    if bad:
-        k = bad[0]
-        takers = [m for m, opts in SAMPLE_OPTIONS.items() if k in opts]
-        flag = "--" + k.replace("_", "-")
-        shown = [o for o in allowed if not o.startswith("known")]
-        raise ValueError(f"{flag} does not apply to {method} models (it applies to: {', '.join(takers) or 'none'}); "
-                         f"options for {method}: {', '.join('--' + o.replace('_', '-') for o in shown) or 'none'}")
+@dataclass
+class DiscreteOptions:
+    """Sampling options of every method that draws levels from categoricals."""
+    temperature: float = num(1.0, 0.0, 100.0, lo_open=True, help="softmax temperature (< 1 sharpens)")
+    top_k: int = num(0, 0, 2 ** 31 - 1, help="sample among the k likeliest levels (0: all)")
 
 
 def drop_labels(y: Optional[torch.Tensor], drop: torch.Tensor, p: float, null: int) -> Optional[torch.Tensor]:
@@ -134,10 +131,6 @@ def known_pixels(opts: dict, n: int, shape: tuple):
         raise ValueError(f"known and known_mask must have shape {want}; got {tuple(known.shape)} and "
                          f"{tuple(mask.shape)}")
     return known, mask.bool()
-
-
-def unwrap(model):
-    return getattr(model, "module", model)
 
 
 def labels_or_none(model, y: Optional[torch.Tensor]):

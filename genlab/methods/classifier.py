@@ -10,12 +10,19 @@ from ..config import Config
 from ..diffusion import Schedule
 from ..diffusion.process import q_sample
 from ..rng import StepRNG
+from .base import Method, register
 from .categorical import square_shape, unwrap
 
 
-class ClassifierMethod:
+@register
+class ClassifierMethod(Method):
+    """Not a generator: ``genlab sample`` refuses it, ``--classifier`` loads it to guide a diffusion model."""
     name = "classifier"
-    sample_options = ()
+    family = "classifier"
+    label = "noise-aware classifier"
+    draws_samples = False
+    needs_labels = True
+    guides = "diffusion"       # the method it guides (its schedule must match)
 
     def __init__(self, cfg: Config):
         d = cfg.diffusion
@@ -51,7 +58,7 @@ class ClassifierMethod:
                        torch.randn(x.shape, generator=g).to(x.device))
         return float((unwrap(model)(x_t, tt).argmax(1) == y).float().mean())
 
-    def sample(self, *a, **k):
+    def sample_batch(self, *a, **k):
         raise ValueError("this checkpoint is a noise-aware classifier (method=classifier): it guides a diffusion "
                          "model (genlab sample --ckpt GENERATOR --classifier THIS --classifier-scale S) but draws "
                          "no samples itself")

@@ -11,19 +11,21 @@ inpainting model).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from ..config import Config
+from ..config import Config, ConfigError, choice, num
 from ..diffusion import CountingDenoiser, Denoiser, PerSampleNoise, Schedule, get_sampler
 from ..diffusion import conditioning as imc
-from ..diffusion.samplers import sampler_options
+from ..diffusion.samplers import SAMPLERS, SPACINGS, sampler_options
 from ..diffusion.process import q_sample, target
 from ..nn import UNet
 from ..rng import StepRNG
-from .categorical import check_sample_options, known_pixels, square_shape, training_condition
+from .base import Method, register
+from .categorical import known_pixels, square_shape, training_condition
 
 
 def snr_weight(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
@@ -39,10 +41,43 @@ def snr_weight(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor
     return clipped / (snr + 1)
 
 
-class DiffusionMethod:
+@dataclass
+class DiffusionOptions:
+    sampler: str = choice("ddim", tuple(SAMPLERS), help="reverse-process sampler")
+    steps: int = num(50, 1, 100_000, help="sampling steps (heun: noise levels, 2 * steps - 1 evaluations)")
+    eta: float = num(0.0, 0.0, 1.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
+    spacing: str = choice("trailing", SPACINGS, help="timesteps of ddpm, ddim, dpmpp-2m")
+    variance: str = choice("small", ("small", "large"), help="ddpm posterior variance: beta tilde or beta")
+    guidance: float = num(1.0, 0.0, 1000.0, help="classifier-free guidance scale (1: none, 0: unconditional)")
+    classifier_scale: float = num(1.0, 0.0, 1e6, help="classifier guidance scale (with --classifier)")
+    resample: int = num(1, 1, 1000, help="RePaint resampling per step (inpainting, ddpm sampler)")
+    lowres_t: float = num(0.1, 0.0, 1.0, help="upsampler: noise level of the low-res image, fraction of T")
+
+
+@register
+class DiffusionMethod(Method):
     name = "diffusion"
-    sample_options = ("sampler", "steps", "eta", "spacing", "variance", "guidance", "classifier",
-                      "classifier_scale", "known", "known_mask", "resample", "lowres", "lowres_t")
+    family = "diffusion"
+    label = "diffusion"
+    Options = DiffusionOptions
+    inputs = ("known", "known_mask", "lowres", "classifier")
+    likelihood = "bound"
+    likelihood_draws = None          # None: all T terms of the bound
+    conditions = ("class", "text", "image")
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        super().check_config(cfg)
+        steps = cfg.sample.steps
+        if steps is not None and steps > cfg.diffusion.timesteps:
+            raise ConfigError(f"sample.steps={steps} exceeds diffusion.timesteps={cfg.diffusion.timesteps}")
+
+    def nfe(self, opts, shape: tuple) -> int:
+        per = 2 * opts.steps - 1 if opts.sampler == "heun" else opts.steps
+        return per * opts.resample * (2 if opts.guidance != 1.0 else 1)
+
+    def sampling_label(self, opts) -> str:
+        return f"{opts.sampler}-{opts.steps}"
 
     def __init__(self, cfg: Config):
         d = cfg.diffusion
@@ -110,13 +145,15 @@ class DiffusionMethod:
     # ------------------------------------------------------------------ likelihood
     @torch.no_grad()
     def log_likelihood(self, model, x: torch.Tensor, y: Optional[torch.Tensor] = None, *,
-                       t_samples: Optional[int] = None, seed: int = 0, variance: str = "small",
-                       levels: Optional[int] = None, **_) -> torch.Tensor:
+                       draws: Optional[int] = None, t_samples: Optional[int] = None, seed: int = 0,
+                       variance: str = "small", levels: Optional[int] = None, **_) -> torch.Tensor:
         """The variational bound in bits/dim of each image (N,) on the dataset's levels (DDPM eq. 5 with a
         discretized Gaussian decoder; :func:`genlab.diffusion.likelihood.vlb_bpd`): all T terms (T network
-        evaluations per image), or an unbiased estimate from ``t_samples`` random timesteps per image."""
+        evaluations per image), or an unbiased estimate from ``draws`` (alias ``t_samples``) random timesteps
+        per image."""
         from ..diffusion.likelihood import vlb_bpd
 
+        t_samples = draws if t_samples is None else t_samples
         net = _unwrap(model)
         if self.cfg.model.image_cond != "none":
             raise ValueError(f"the likelihood bound of an image-conditioned model (model.image_cond="
@@ -142,7 +179,7 @@ class DiffusionMethod:
 
         clip = self.cfg.diffusion.clip_sample
         net = _unwrap(model)
-        if (guidance is not None or classifier is not None) and y is None:
+        if ((guidance is not None and guidance != 1.0) or classifier is not None) and y is None:
             raise ValueError("guidance needs a condition: give a prompt (--prompt) for a text-conditional model, "
                              "labels (--class / --labels) for a class-conditional one")
         if guidance is not None and guidance != 1.0:
@@ -158,97 +195,68 @@ class DiffusionMethod:
             den = ClassifierGuidance(den, classifier, self.schedule, y, classifier_scale, clip=clip)
         return den
 
-    @torch.no_grad()
-    def sample(self, model, n: int, *, y: Optional[torch.Tensor] = None, sampler: Optional[str] = None,
-               steps: Optional[int] = None, eta: Optional[float] = None, spacing: Optional[str] = None,
-               variance: Optional[str] = None, seed: int = 0, batch_size: int = 256,
-               callback: Optional[Callable] = None, device=None, progress: bool = False,
-               **extra) -> tuple[torch.Tensor, int]:
-        """Draw n images in [-1, 1]; sample i uses seed + i alone, so it does not depend on the batching.
-
-        Returns (images N x C x H x W on the CPU, network evaluations per sample). The callback (if given)
-        receives the step info of the first batch only.
-        """
-        check_sample_options(self.name, ("guidance", "classifier", "classifier_scale", "known", "known_mask",
-                                         "resample", "lowres", "lowres_t"), extra)
-        guide = {k: extra[k] for k in ("guidance", "classifier", "classifier_scale") if k in extra}
-        m = self.cfg.model
-        s = self.cfg.sample
-        sampler = sampler or s.sampler
-        fn = get_sampler(sampler)
-        opts = sampler_options(sampler, spacing=spacing or s.spacing, eta=s.eta if eta is None else eta,
-                               variance=variance or s.variance)
-        steps = s.steps if steps is None else steps
-        if not 1 <= steps <= self.schedule.T:
-            raise ValueError(f"steps must be in 1..{self.schedule.T} (diffusion.timesteps), got {steps}")
-        device = device or next(model.parameters()).device
+    def prepare_inputs(self, model, n: int, opts, inputs: dict) -> dict:
+        """Inpainting images and masks, low-resolution images, RePaint: checked once for all n samples."""
         net = _unwrap(model)
         shape = (net.out_channels, net.image_size, net.image_size)
-        known, known_mask = known_pixels(extra, n, shape)
-        given = extra.get("resample")
-        resample = 1 if given is None else int(given)
-        if resample < 1 or resample != given and given is not None:
-            raise ValueError(f"resample must be an integer >= 1 (RePaint repeats per step), got {extra['resample']}")
-        if resample > 1 and (known is None or sampler != "ddpm" or m.image_cond == "mask"):
+        if not 1 <= opts.steps <= self.schedule.T:
+            raise ValueError(f"steps must be in 1..{self.schedule.T} (diffusion.timesteps), got {opts.steps}")
+        known, known_mask = known_pixels(inputs, n, shape)
+        if opts.resample > 1 and (known is None or opts.sampler != "ddpm" or self.cfg.model.image_cond == "mask"):
             raise ValueError("resample (RePaint) applies to inpainting by replacement with the ddpm sampler")
-        lowres = self._lowres(extra, n, shape)
-        level = s.lowres_t if extra.get("lowres_t") is None else float(extra["lowres_t"])
-        if not 0.0 <= level <= 1.0:
-            raise ValueError(f"lowres_t is the upsampler's conditioning noise level as a fraction of T, in [0, 1]; "
-                             f"got {level} (trained up to diffusion.lowres_aug={self.cfg.diffusion.lowres_aug})")
-        out, nfe = [], 0
-        was_training = model.training
-        model.eval()
-        schedule = self.schedule
-        starts = range(0, n, batch_size)
-        if progress:
-            from tqdm import tqdm
-            starts = tqdm(starts, desc=f"sampling {sampler}-{steps}", unit="batch", leave=False)
-        for b0 in starts:
-            b = min(batch_size, n - b0)
-            noise = PerSampleNoise(range(seed + b0, seed + b0 + b))
-            x_T = noise.randn((b, *shape), device)
-            yb = None if y is None else y[b0:b0 + b].to(device)
-            net_b = model
-            if m.image_cond == "lowres":
-                z = noise.randn((b, *lowres.shape[1:]), device)
-                ab, lev = imc.augmentation(self.alphas_cumprod, torch.full((b,), level, device=device))
-                cond = imc.lowres_input(lowres[b0:b0 + b].to(device), shape[-1], ab, z, lev)
-                net_b = imc.WithImage(model, cond)
-            elif m.image_cond == "mask":
-                if known is None:   # nothing known: the model draws whole images
-                    cond = imc.mask_input(torch.zeros((b, *shape)), torch.zeros((b, 1, *shape[1:]), dtype=torch.bool))
-                else:
-                    cond = imc.mask_input(known[b0:b0 + b], known_mask[b0:b0 + b])
-                net_b = imc.WithImage(model, cond.to(device))
-            den = self.denoiser(net_b, yb, **guide)
-            if known is not None and m.image_cond != "mask":
-                from ..diffusion.tasks import Inpaint
+        lowres = self._lowres(inputs, n, shape)
+        out = {"known": known, "known_mask": known_mask, "lowres": lowres, "classifier": inputs.get("classifier")}
+        return {k: v for k, v in out.items() if v is not None}
 
-                den = Inpaint(den, schedule, known[b0:b0 + b].to(device), known_mask[b0:b0 + b].to(device))
-            den = CountingDenoiser(den)
-            cb = callback if b0 == 0 else None
-            if resample > 1:
-                from ..diffusion.tasks import repaint
-
-                x = repaint(den, x_T, schedule, steps, resample=resample, generator=noise, callback=cb, **opts)
+    def sample_batch(self, model, seeds: range, opts, *, y=None, device=None, callback=None, known=None,
+                     known_mask=None, lowres=None, classifier=None):
+        """One batch through the chosen sampler, with guidance, inpainting or an upsampler's low-res image."""
+        m = self.cfg.model
+        fn = get_sampler(opts.sampler)
+        kw = sampler_options(opts.sampler, spacing=opts.spacing, eta=opts.eta, variance=opts.variance)
+        net = _unwrap(model)
+        shape = (net.out_channels, net.image_size, net.image_size)
+        b = len(seeds)
+        noise = PerSampleNoise(seeds)
+        x_T = noise.randn((b, *shape), device)
+        net_b = model
+        if m.image_cond == "lowres":
+            z = noise.randn((b, *lowres.shape[1:]), device)
+            ab, lev = imc.augmentation(self.alphas_cumprod, torch.full((b,), float(opts.lowres_t), device=device))
+            net_b = imc.WithImage(model, imc.lowres_input(lowres.to(device), shape[-1], ab, z, lev))
+        elif m.image_cond == "mask":
+            if known is None:   # nothing known: the model draws whole images
+                cond = imc.mask_input(torch.zeros((b, *shape)), torch.zeros((b, 1, *shape[1:]), dtype=torch.bool))
             else:
-                x = fn(den, x_T, schedule, steps, generator=noise, callback=cb, **opts)
-            x = x.clamp(-1, 1)
-            if known is not None:        # the known pixels exactly (the last x0_hat already holds them)
-                keep = known_mask[b0:b0 + b].to(x.device)
-                x = torch.where(keep, known[b0:b0 + b].to(x.device, x.dtype), x)
-            out.append(x.cpu())
-            nfe = den.nfe
-        model.train(was_training)
-        return torch.cat(out), nfe
+                cond = imc.mask_input(known, known_mask)
+            net_b = imc.WithImage(model, cond.to(device))
+        guide = {"guidance": opts.guidance} if opts.guidance != 1.0 else {}
+        if classifier is not None:
+            guide.update(classifier=classifier, classifier_scale=opts.classifier_scale)
+        den = self.denoiser(net_b, y, **guide)
+        if known is not None and m.image_cond != "mask":
+            from ..diffusion.tasks import Inpaint
+
+            den = Inpaint(den, self.schedule, known.to(device), known_mask.to(device))
+        den = CountingDenoiser(den)
+        if opts.resample > 1:
+            from ..diffusion.tasks import repaint
+
+            x = repaint(den, x_T, self.schedule, opts.steps, resample=opts.resample, generator=noise,
+                        callback=callback, **kw)
+        else:
+            x = fn(den, x_T, self.schedule, opts.steps, generator=noise, callback=callback, **kw)
+        x = x.clamp(-1, 1)
+        if known is not None:        # the known pixels exactly (the last x0_hat already holds them)
+            x = torch.where(known_mask.to(x.device), known.to(x.device, x.dtype), x)
+        return x, den.nfe
 
     def _lowres(self, opts: dict, n: int, shape: tuple) -> Optional[torch.Tensor]:
         """The low-resolution images an upsampler is conditioned on, checked; None for other models."""
         m = self.cfg.model
         lowres = opts.get("lowres")
         if m.image_cond != "lowres":
-            if lowres is not None or opts.get("lowres_t") is not None:
+            if lowres is not None:
                 raise ValueError("lowres images apply to upsamplers (model.image_cond=lowres) only")
             return None
         if lowres is None:

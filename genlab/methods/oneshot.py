@@ -8,13 +8,13 @@ One network evaluation per sample; exact bits/dim.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
-from ..config import Config
-from .categorical import (square_shape, PerSampleUniform, TeacherForced, check_sample_options, filter_logits, from_levels,
+from .base import Method, register
+from .categorical import (square_shape, DiscreteOptions, PerSampleUniform, TeacherForced, filter_logits, from_levels,
                           labels_or_none, sample_from, unwrap)
 
 
@@ -36,16 +36,23 @@ class OneShotTable(nn.Module):
         return self.logits[y]
 
 
-class OneShotMethod(TeacherForced):
+@register
+class OneShotMethod(TeacherForced, Method):
     name = "oneshot"
-    sample_options = ("temperature", "top_k")
-
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
+    family = "one-shot"
+    label = "one-shot"
+    Options = DiscreteOptions
+    likelihood = "exact"
 
     def build_model(self, shape: tuple, num_classes: int = 0, levels: int = 256) -> nn.Module:
         c, h = square_shape(shape)
         return OneShotTable(c, h, levels, num_classes if self.cfg.model.class_cond else 0)
+
+    def sampling_label(self, opts) -> str:
+        return discrete_label("one-shot", opts)
+
+    def extra_pictures(self, model) -> dict:
+        return {"mean": self.mean_image(model, 1)}
 
     @torch.no_grad()
     def mean_image(self, model, n: int = 1, y: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -56,27 +63,23 @@ class OneShotMethod(TeacherForced):
         lv = torch.arange(net.levels, device=dev, dtype=torch.float32).view(1, 1, -1, 1, 1)
         return from_levels((probs * lv).sum(2), net.levels).cpu()
 
-    @torch.no_grad()
-    def sample(self, model, n: int, *, y: Optional[torch.Tensor] = None, seed: int = 0, batch_size: int = 256,
-               callback: Optional[Callable] = None, device=None, progress: bool = False,
-               **opts) -> tuple[torch.Tensor, int]:
-        """n images, all pixels drawn at once and independently (1 network evaluation per sample)."""
-        check_sample_options(self.name, self.sample_options, opts)
-        s = self.cfg.sample
-        temperature = opts.get("temperature", s.temperature)
-        top_k = opts.get("top_k", s.top_k)
+    def sample_batch(self, model, seeds: range, opts, *, y=None, device=None, callback=None):
+        """All pixels drawn at once and independently (1 network evaluation per sample)."""
         net = unwrap(model)
         dev = device or net.logits.device
         shape = (net.in_channels, net.image_size, net.image_size)
-        out = []
-        for b0 in range(0, n, batch_size):
-            b = min(batch_size, n - b0)
-            u = PerSampleUniform(range(seed + b0, seed + b0 + b)).rand(*shape, device=dev)
-            yb = None if y is None else y[b0:b0 + b].to(dev)
-            logits = filter_logits(net(torch.zeros(b, 1, device=dev), labels_or_none(net, yb)), temperature, top_k)
-            v = sample_from(logits.movedim(2, -1), u)
-            x = from_levels(v, net.levels)
-            if callback is not None and b0 == 0:
-                callback({"step": 0, "x": x, "known": torch.ones_like(x, dtype=torch.bool)})
-            out.append(x.cpu())
-        return torch.cat(out), 1
+        b = len(seeds)
+        u = PerSampleUniform(seeds).rand(*shape, device=dev)
+        logits = filter_logits(net(torch.zeros(b, 1, device=dev), labels_or_none(net, y)), opts.temperature,
+                               opts.top_k)
+        x = from_levels(sample_from(logits.movedim(2, -1), u), net.levels)
+        if callback is not None:
+            callback({"step": 0, "x": x, "known": torch.ones_like(x, dtype=torch.bool)})
+        return x, 1
+
+
+def discrete_label(kind: str, opts) -> str:
+    """``raster``, ``one-shot T=0.9 top-5``: the kind plus the options that differ from plain sampling."""
+    extra = [f"T={opts.temperature}"] if opts.temperature != 1.0 else []
+    extra += [f"top-{opts.top_k}"] if opts.top_k else []
+    return " ".join([kind] + extra)

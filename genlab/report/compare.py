@@ -12,6 +12,13 @@ and a summary written from the table's numbers.
 
 Runs that finished are reused and evaluations are cached in ``OUT/results.json``, so an interrupted comparison
 continues where it stopped (``--fresh`` starts over).
+
+The pieces a benchmark needs are public (``benchmarks/b1_digits.py`` and ``b4_guidance.py`` use them):
+:func:`train_or_reuse` (train ``RUNS/NAME`` unless it finished with the same config, resume it when it was
+interrupted; :func:`is_finished` asks without training), :func:`open_results` / :func:`load_results` /
+:func:`save_results` (the atomic results.json cache, rows keyed by :func:`row_key` of their sampling options),
+and the report code :func:`table_rows`, :func:`markdown_table` (``columns`` for other tables),
+:func:`fid_nfe_plot` (``label_key`` for other curves) and :func:`summary`.
 """
 from __future__ import annotations
 
@@ -21,21 +28,22 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import yaml
 
+from .. import registry
 from ..config import ConfigError, find_config
 from ..runs import check_run_name
 
-FAMILIES = {"oneshot": "one-shot", "autoregressive": "autoregressive", "any_order": "any-order AR",
-            "diffusion": "diffusion"}
 SPEC_KEYS = {"budget", "data", "overrides", "eval", "methods", "quick"}
 METHOD_KEYS = {"name", "config", "overrides", "samplers", "label"}
-EVAL_DEFAULTS = {"n": 1000, "seeds": 1, "bpd_images": None, "any_order_draws": 16, "diffusion_t_samples": None,
-                 "grid_n": 64, "batch_size": 500}
-QUICK_DEFAULTS = {"max_steps": 15, "eval": {"n": 200, "bpd_images": 64, "any_order_draws": 2,
-                                            "diffusion_t_samples": 4, "grid_n": 16}, "max_nfe": 100}
+# likelihood_draws: Monte Carlo draws per test image of the likelihoods that are estimated (a number for all
+# methods, or a mapping method -> number; null: each method's own default, e.g. all T terms of the diffusion bound)
+EVAL_DEFAULTS = {"n": 1000, "seeds": 1, "bpd_images": None, "likelihood_draws": None, "grid_n": 64,
+                 "batch_size": 500}
+QUICK_DEFAULTS = {"max_steps": 15, "eval": {"n": 200, "bpd_images": 64, "likelihood_draws": 2, "grid_n": 16},
+                  "max_nfe": 100}
 
 
 @dataclass
@@ -99,6 +107,13 @@ def load_spec(name_or_path: str) -> CompareSpec:
     _expect(path, "quick", d.get("quick"), dict)
     ev = dict(d.get("eval") or {})
     for k, v in ev.items():
+        if k == "likelihood_draws" and isinstance(v, dict):
+            bad = [m for m in v if m not in registry.METHODS]
+            if bad:
+                raise ConfigError(f"{path}: eval.likelihood_draws names unknown method(s) {bad}; known: "
+                                  f"{', '.join(registry.names())}")
+            v = next((d for d in v.values() if d is not None and (isinstance(d, bool) or not isinstance(d, int)
+                                                                  or d < 1)), None)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ConfigError(f"{path}: eval.{k}={v!r} must be a positive integer")
     q = d.get("quick") or {}
@@ -178,28 +193,25 @@ def _expect(path, key: str, value, tp, item=None) -> None:
         raise ConfigError(f"{path}: {key} must be {kind}, got {value!r}")
 
 
-def _family(method: str) -> str:
-    return FAMILIES.get(method, method)
+def _draws(ev: dict, method: str):
+    """The likelihood draws the spec asks of a method (None: the method's default)."""
+    d = ev.get("likelihood_draws")
+    return d.get(method) if isinstance(d, dict) else d
 
 
-def _sampler_key(opts: dict) -> str:
+def row_key(opts: dict) -> str:
+    """The key of an evaluated row in a record's ``rows``: its sampling options as sorted JSON."""
     return json.dumps(opts, sort_keys=True)
 
 
-def run(spec_name: str = "compare_digits", out="runs/compare", *, quick: bool = False, fresh: bool = False,
-        only: Optional[list] = None, progress: bool = True) -> Path:
-    """Train (or reuse), evaluate and report every method of the spec; returns the report directory."""
-    from .. import api
-    from ..eval.evaluate import evaluate_checkpoint, sampling_label
-    from ..eval.likelihood import bits_per_dim
-    from ..train import checkpoint as ck
+_sampler_key = row_key
 
-    spec = load_spec(spec_name)
-    out = prepare_out(Path(out), fresh=fresh)
-    ev = dict(spec.eval)
-    if quick:
-        ev.update(spec.quick.get("eval", {}))
-    results_path = out / "results.json"
+
+# ------------------------------------------------------------------------------------------------ cache
+
+def load_results(out) -> dict:
+    """``OUT/results.json`` ({} when there is none); ValueError when it is damaged or is not compare's."""
+    results_path = Path(out) / "results.json"
     try:
         results = json.loads(results_path.read_text()) if results_path.exists() else {}
     except ValueError as e:
@@ -207,22 +219,103 @@ def run(spec_name: str = "compare_digits", out="runs/compare", *, quick: bool = 
                          "over") from None
     if not isinstance(results, dict):
         raise ValueError(f"{results_path} does not hold compare's results; rerun with --fresh")
-    if results.get("_mode") not in (None, "quick" if quick else "full"):
-        raise ValueError(f"{out} holds a {'full' if quick else 'quick'} comparison; use another --out or --fresh")
-    results["_mode"] = "quick" if quick else "full"
+    return results
+
+
+def save_results(results: dict, out) -> Path:
+    """Write ``OUT/results.json`` atomically (through ``OUT/results.tmp`` and a rename)."""
+    results_path = Path(out) / "results.json"
+    tmp = results_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=float))
+    tmp.replace(results_path)
+    return results_path
+
+
+def open_results(out, mode: str, ev: dict) -> dict:
+    """The cached results of ``out`` for a ``mode`` ("quick" or "full") and evaluation settings ``ev``: a cache
+    of the other mode is refused (ValueError); with other evaluation settings every record keeps its name and
+    loses its rows (the runs are kept, the evaluations redone)."""
+    results = load_results(out)
+    if results.get("_mode") not in (None, mode):
+        other = "full" if mode == "quick" else "quick"
+        raise ValueError(f"{out} holds a {other} comparison; use another --out or --fresh")
+    results["_mode"] = mode
     if results.get("_eval") not in (None, ev):      # other eval settings: keep the runs, redo the evaluations
         for k in [k for k in results if not k.startswith("_")]:
             results[k] = {"name": k, "rows": {}}
     results["_eval"] = ev
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+class TrainedRun(NamedTuple):
+    """What :func:`train_or_reuse` gives back: the run directory, its resolved config, and the TrainResult when
+    it trained now (None when a finished run was reused)."""
+    run_dir: Path
+    config: object
+    result: Optional[object] = None
+
+    @property
+    def trained(self) -> bool:
+        """True when the run was trained (or resumed) now: evaluations cached for an older model are stale."""
+        return self.result is not None
+
+
+def is_finished(run_dir, cfg) -> bool:
+    """True when ``run_dir`` finished training with the resolved config ``cfg`` (its done.json says so)."""
+    done = Path(run_dir) / "done.json"
+    return done.exists() and _read_json(done).get("config") == cfg.to_dict()
+
+
+def train_or_reuse(name: str, config, overrides=(), runs_root="runs", progress: bool = True, *,
+                   budget_label: Optional[str] = None, log_prefix: str = "[compare]") -> TrainedRun:
+    """Train ``runs_root/NAME`` from ``config`` plus ``overrides``, unless it already finished with this very
+    config (its ``done.json``). A run that was interrupted (checkpoints but no done.json) is resumed; one that
+    finished with another config is trained again from scratch. An interrupted training raises
+    :class:`genlab.train.loop.Interrupted` (and leaves no done.json, so the next call resumes it)."""
+    from .. import runs as R
+    from ..files import write_text_atomic
+    from ..train import checkpoint as ck
+
+    cfg = R.resolve_config(config, list(overrides))
+    run_dir = Path(runs_root) / name
+    done = run_dir / "done.json"
+    if is_finished(run_dir, cfg):
+        return TrainedRun(run_dir, cfg, None)
+    resumable = (run_dir / "checkpoints").is_dir() and not done.exists()
+    try:
+        resumable = resumable and bool(ck.resolve_checkpoint(run_dir))
+    except ck.CheckpointError:
+        resumable = False
+    print(f"{log_prefix} training {name} ({cfg.method}){f' for {budget_label}' if budget_label else ''}"
+          f"{' (resuming)' if resumable else ''}", file=sys.stderr)
+    res = R.train(cfg, [], name=name, runs_root=Path(runs_root), resume=resumable, force=not resumable,
+                  progress=progress)
+    if res.interrupted:
+        from ..train.loop import Interrupted
+
+        raise Interrupted(res.signal)
+    write_text_atomic(done, json.dumps({"config": cfg.to_dict()}))
+    return TrainedRun(run_dir, cfg, res)
+
+
+def run(spec_name: str = "compare_digits", out="runs/compare", *, quick: bool = False, fresh: bool = False,
+        only: Optional[list] = None, progress: bool = True) -> Path:
+    """Train (or reuse), evaluate and report every method of the spec; returns the report directory."""
+    from .. import runs as R
+    from ..eval.likelihood import bits_per_dim
+
+    spec = load_spec(spec_name)
+    out = prepare_out(Path(out), fresh=fresh)
+    ev = dict(spec.eval)
+    if quick:
+        ev.update(spec.quick.get("eval", {}))
+    results = open_results(out, "quick" if quick else "full", ev)
     methods = [m for m in spec.methods if not only or m.name in only]
     if only and len(methods) != len(only):
         raise ValueError(f"--only: unknown method(s) {sorted(set(only) - {m.name for m in spec.methods})}; "
                          f"the spec has {', '.join(m.name for m in spec.methods)}")
-
-    def save_results():
-        tmp = results_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1, default=float))
-        tmp.replace(results_path)
 
     budget = [f"train.max_steps={spec.quick['max_steps']}", "train.time_budget=null", "train.val_every=5",
               "train.ckpt_every=0", "train.warmup_steps=2"] if quick else \
@@ -231,70 +324,58 @@ def run(spec_name: str = "compare_digits", out="runs/compare", *, quick: bool = 
         t0 = time.time()
         rec = results.setdefault(m.name, {"name": m.name, "rows": {}})
         overrides = spec.data + spec.overrides + m.overrides + budget + ["train.sample_every=0", "train.eval_every=0"]
-        cfg = api.resolve_config(m.config, overrides)
-        run_dir = out / "runs" / m.name
-        done = run_dir / "done.json"
-        if not (done.exists() and _read_json(done).get("config") == cfg.to_dict()):
+        t = train_or_reuse(m.name, m.config, overrides, out / "runs", progress,
+                           budget_label=spec.budget if not quick else f"{spec.quick['max_steps']} steps")
+        cfg, run_dir = t.config, t.run_dir
+        if t.trained:
             rec = results[m.name] = {"name": m.name, "rows": {}}     # nothing of an older model survives
-            resumable = (run_dir / "checkpoints").is_dir() and not done.exists()
-            try:
-                resumable = resumable and bool(ck.resolve_checkpoint(run_dir))
-            except ck.CheckpointError:
-                resumable = False
-            print(f"[compare] training {m.name} ({cfg.method}) for "
-                  f"{spec.budget if not quick else str(spec.quick['max_steps']) + ' steps'}"
-                  f"{' (resuming)' if resumable else ''}", file=sys.stderr)
-            res = api.train(cfg, [], name=m.name, runs_root=out / "runs", resume=resumable, force=not resumable,
-                            progress=progress)
-            if res.interrupted:
-                from ..train.loop import Interrupted
-
-                raise Interrupted(res.signal)
-            done.write_text(json.dumps({"config": cfg.to_dict()}))
         which = "best" if _has_best(run_dir) else "latest"
-        cfg_, method, model, state = api.load_run(run_dir, which=which)
-        rec.update({"method": cfg.method, "family": _family(cfg.method), "label": m.label or m.name,
-                    "checkpoint": state["path"], "step": state["step"],
-                    "params": sum(p.numel() for p in model.parameters()),
+        run = R.load_run(run_dir, which=which)
+        method, model, state = run.method, run.model, run.state
+        shape = tuple(state["data"]["shape"])
+        rec.update({"method": cfg.method, "family": method.family, "label": m.label or m.name,
+                    "checkpoint": state["path"], "step": state["step"], "params": run.params(),
                     "train_images_per_s": state["samples_seen"] / max(state["time_used"], 1e-9),
                     "train_seconds": state["time_used"], "images_seen": state["samples_seen"],
                     "best_val_loss": state.get("best_val")})
         if "test_bpd" not in rec:
-            test = api.load_data(cfg, "test")
-            if ev["bpd_images"]:
-                test = _head(test, ev["bpd_images"])
-            kw = {"any_order": {"draws": ev["any_order_draws"]},
-                  "diffusion": {"t_samples": ev["diffusion_t_samples"]}}.get(cfg.method, {})
-            print(f"[compare] {m.name}: test bits/dim on {len(test)} images", file=sys.stderr)
-            b = bits_per_dim(method, model, test, **kw)
-            rec.update({"test_bpd": b["bpd"], "test_bpd_sem": b["bpd_sem"], "test_bpd_n": b["n"],
-                        "test_bpd_seconds": b["seconds"],
-                        "bpd_kind": {"autoregressive": "exact", "oneshot": "exact", "any_order": "estimate",
-                                     "diffusion": "bound"}[cfg.method]})
-            save_results()
-        samplers = [s for s in m.samplers if not quick or _nfe_guess(cfg, s) <= spec.quick["max_nfe"]] or \
-            [min(m.samplers, key=lambda s: _nfe_guess(cfg, s))]
+            if method.likelihood == "none":
+                rec.update({"test_bpd": None, "test_bpd_sem": None, "test_bpd_n": 0, "bpd_kind": "none"})
+            else:
+                test = R.load_data(cfg, "test")
+                if ev["bpd_images"]:
+                    test = _head(test, ev["bpd_images"])
+                print(f"[compare] {m.name}: test bits/dim on {len(test)} images", file=sys.stderr)
+                b = bits_per_dim(method, model, test, draws=_draws(ev, cfg.method))
+                rec.update({"test_bpd": b["bpd"], "test_bpd_sem": b["bpd_sem"], "test_bpd_n": b["n"],
+                            "test_bpd_seconds": b["seconds"], "bpd_kind": method.likelihood})
+            save_results(results, out)
+
+        def nfe(s):
+            return method.nfe(method.options(**s), shape)
+        samplers = [s for s in m.samplers if not quick or nfe(s) <= spec.quick["max_nfe"]] or \
+            [min(m.samplers, key=nfe)]
         for opts in samplers:
-            key = _sampler_key(opts)
+            key = row_key(opts)
             if key in rec["rows"]:
                 continue
             print(f"[compare] {m.name}: sampling {ev['n']} with {opts or 'defaults'}", file=sys.stderr)
-            r = evaluate_checkpoint(run_dir, which=which, n=ev["n"], seeds=ev["seeds"],
-                                    batch_size=ev["batch_size"], run=(cfg_, method, model, state), **opts)
-            rec["rows"][key] = {"opts": opts, "sampler": sampling_label(cfg, opts), "nfe": r["nfe"],
+            r = R.evaluate_checkpoint(run_dir, n=ev["n"], seeds=ev["seeds"], batch_size=ev["batch_size"], run=run,
+                                      **opts)
+            rec["rows"][key] = {"opts": opts, "sampler": r["sampler"], "nfe": r["nfe"],
                                 "fid": r["fid_train"], "fid_std": r.get("fid_train_std", 0.0),
                                 "precision": r["precision"], "recall": r["recall"],
                                 "seconds_per_1000": r["seconds_per_1000"],
                                 "matched_ratio": r["matched"]["ratio"], "entropy": r["entropy"]}
-            save_results()
+            save_results(results, out)
         if "pictures" not in rec:
-            rec["pictures"] = _pictures(m.name, method, model, cfg, samplers, out / "img", ev["grid_n"],
+            rec["pictures"] = _pictures(m.name, method, model, samplers, out / "img", ev["grid_n"],
                                         state["data"]["levels"])
-            save_results()
+            save_results(results, out)
         print(f"[compare] {m.name} done in {time.time() - t0:.0f}s", file=sys.stderr)
     results["_spec"] = {"budget": spec.budget if not quick else f"{spec.quick['max_steps']} steps (quick)",
                         "eval_n": ev["n"], "data": cfg.data.name, "order": [m.name for m in spec.methods]}
-    save_results()
+    save_results(results, out)
     write_report(results, out)
     return out
 
@@ -318,17 +399,11 @@ def _head(ds, n: int):
     return d
 
 
-def _nfe_guess(cfg, opts: dict) -> int:
-    if cfg.method == "diffusion":
-        steps = opts.get("steps", cfg.sample.steps)
-        return 2 * steps - 1 if opts.get("sampler", cfg.sample.sampler) == "heun" else steps
-    return 1
-
-
-def _pictures(name, method, model, cfg, samplers, img_dir: Path, grid_n: int, levels: int) -> dict:
-    """A sample grid per sampling setting (the first and the last), the generation process, and for one-shot
-    the mean image."""
-    from ..api import process_picture, quantize
+def _pictures(name, method, model, samplers, img_dir: Path, grid_n: int, levels: int) -> dict:
+    """A sample grid per sampling setting (the first and the last), the generation process, and the method's
+    own extra pictures (one-shot's mean image)."""
+    from ..runs import quantize
+    from .process import process_picture
     from .images import save_grid
 
     pics = {}
@@ -337,16 +412,14 @@ def _pictures(name, method, model, cfg, samplers, img_dir: Path, grid_n: int, le
         p = img_dir / f"{name}_samples_{_slug(opts)}.png"
         save_grid(quantize(x, levels), p)
         pics.setdefault("grids", []).append({"opts": opts, "path": p.name})
-    proc = samplers[0]
-    if cfg.method == "any_order" and len(samplers) > 1:
-        proc = max(samplers, key=lambda s: s.get("k", 1))   # a few big steps show the k-pixel reveal best
+    proc = method.process_options(samplers)
     p = img_dir / f"{name}_process.png"
     process_picture(method, model, 4, p, seed=0, **proc)
     pics["process"] = {"opts": proc, "path": p.name}
-    if cfg.method == "oneshot":
-        p = img_dir / f"{name}_mean.png"
-        save_grid(method.mean_image(model, 1), p)
-        pics["mean"] = p.name
+    for key, x in method.extra_pictures(model).items():
+        p = img_dir / f"{name}_{key}.png"
+        save_grid(x, p)
+        pics[key] = p.name
     return pics
 
 
@@ -446,6 +519,8 @@ COLUMNS = [("label", "method"), ("sampler", "sampling"), ("test_bpd", "test bits
 def _fmt(key, r) -> str:
     v = r[key]
     if key == "test_bpd":
+        if v is None:
+            return "- (no likelihood)"
         tag = {"exact": "", "estimate": " (est.)", "bound": " (bound)"}[r["bpd_kind"]]
         return f"{v:.3f} ± {r['test_bpd_sem']:.3f}{tag}"
     if key == "fid":
@@ -461,13 +536,22 @@ def _fmt(key, r) -> str:
     return str(v)
 
 
-def markdown_table(rows: list[dict]) -> str:
-    head = "| " + " | ".join(h for _, h in COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
-    return head + "\n".join("| " + " | ".join(_fmt(k, r) for k, _ in COLUMNS) + " |" for r in rows) + "\n"
+def markdown_table(rows: list[dict], columns: Optional[list] = None) -> str:
+    """A Markdown table of ``rows``. ``columns``: (key, header) pairs formatted as compare's table formats them
+    (default :data:`COLUMNS`), or (key, header, format) triples whose ``format(row) -> str`` writes the cell."""
+    cols = [c if len(c) == 3 else (c[0], c[1], None) for c in (columns or COLUMNS)]
+    cell = lambda c, r: c[2](r) if c[2] is not None else _fmt(c[0], r)  # noqa: E731
+    head = "| " + " | ".join(c[1] for c in cols) + " |\n|" + "---|" * len(cols) + "\n"
+    return head + "\n".join("| " + " | ".join(cell(c, r) for c in cols) + " |" for r in rows) + "\n"
 
 
-def fid_nfe_plot(rows: list[dict], path: Path) -> Path:
-    """FID against network evaluations per sample (log x), one curve per family (its best FID at each count)."""
+def fid_nfe_plot(rows: list[dict], path: Path, *, label_key: str = "family", title: Optional[str] = None,
+                 ylabel: str = "FID vs train (lower is better)", reference: Optional[tuple] = None) -> Path:
+    """FID against network evaluations per sample (log x), one curve per family (its best FID at each count).
+
+    ``label_key``: the row key whose values make the curves and name them in the legend (default: the family);
+    ``title``; ``ylabel``; ``reference``: (FID, text) drawn as a dotted horizontal line (e.g. the real-vs-real
+    floor)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -475,7 +559,7 @@ def fid_nfe_plot(rows: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     fams = {}
     for r in rows:
-        fams.setdefault(r["family"], []).append(r)
+        fams.setdefault(r[label_key], []).append(r)
     for fam, rs in fams.items():
         best = {}
         for r in rs:
@@ -487,10 +571,16 @@ def fid_nfe_plot(rows: list[dict], path: Path) -> Path:
         for r in pts:
             ax.annotate(r["label"] if len({q["name"] for q in rs}) > 1 else r["sampler"], (r["nfe"], r["fid"]),
                         fontsize=6, xytext=(3, 3), textcoords="offset points")
+    if reference is not None:
+        ax.axhline(reference[0], color="gray", ls=":", lw=1)
+        ax.annotate(reference[1], (0, reference[0]), xycoords=("axes fraction", "data"), fontsize=6, color="gray",
+                    xytext=(3, 2), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("network evaluations per sample")
-    ax.set_ylabel("FID vs train (lower is better)")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -500,6 +590,18 @@ def fid_nfe_plot(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def _kinds(rows: list[dict]) -> str:
+    """"exact for PixelCNN, one-shot; a bound for DDPM v; ...": what each likelihood column entry is."""
+    words = {"exact": "exact", "estimate": "an unbiased estimate", "bound": "a variational bound",
+             "none": "none"}
+    by = {}
+    for r in rows:
+        by.setdefault(r["bpd_kind"], [])
+        if r["label"] not in by[r["bpd_kind"]]:
+            by[r["bpd_kind"]].append(r["label"])
+    return "; ".join(f"{words[k]} for {', '.join(v)}" for k, v in by.items()) or "none"
+
+
 def write_report(results: dict, out: Path) -> None:
     rows = table_rows(results)
     spec = results.get("_spec", {})
@@ -507,8 +609,7 @@ def write_report(results: dict, out: Path) -> None:
     lines = summary(rows)
     title = f"genlab compare: {spec.get('data', '?')}, {spec.get('budget', '?')} of training per method"
     md = [f"# {title}\n", f"FID from {spec.get('eval_n', '?')} samples against the train split; test bits/dim on "
-          "the test split (exact for raster AR and one-shot, an unbiased estimate for any-order AR, the "
-          "variational bound for diffusion, all on the same levels); checkpoints chosen by validation loss.\n",
+          f"the test split ({_kinds(rows)}, all on the same levels); checkpoints chosen by validation loss.\n",
           "## Summary\n", *[f"- {s}" for s in lines], "", "## Table\n", markdown_table(rows),
           "## FID against network evaluations\n", "![FID vs evaluations](img/fid_vs_nfe.png)\n",
           "## Samples and the generation process\n"]
