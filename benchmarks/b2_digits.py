@@ -1,4 +1,4 @@
-"""Benchmark B2 (../shared/BENCHMARKS.md): autoregression vs diffusion on digits, 300 s of training per method.
+"""Benchmark B2 (benchmarks/README.md, B2): autoregression vs diffusion on digits, 300 s of training per method.
 
     python benchmarks/b2_digits.py [--out bench_out/b2] [--copy-docs]
 

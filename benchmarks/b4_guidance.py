@@ -2,8 +2,8 @@
 
     python benchmarks/b4_guidance.py [--out bench_out/b4] [--only cfg shapes ...] [--fresh STAGE ...] [--copy-docs]
 
-Stages (each trains its models under the stated budget on 2 CPU threads, then evaluates; results.json keeps
-finished stages and trained runs, so an interrupted benchmark resumes):
+The protocol is section B4 of benchmarks/README.md. Stages (each trains its models under the stated budget on
+2 CPU threads, then evaluates; finished runs and finished stages are kept, so an interrupted benchmark resumes):
 
 - cfg     class-conditional digits diffusion (digits_cfg, 300 s): feature-network accuracy of the requested class
           and FID vs train per classifier-free guidance scale, 1000 samples, DPM-Solver++ 20 steps.
@@ -23,11 +23,18 @@ finished stages and trained runs, so an interrupted benchmark resumes):
           attribute accuracy at 32x32; and the cascade shapes_text -> upsampler.
 
 --copy-docs regenerates docs/b4_*.png (the README's figures) with the same commands the README shows.
+
+Caching: every run trains through ``genlab.report.compare.train_or_reuse`` into ``OUT/runs/NAME``, as genlab compare's
+runs do: a run that finished with the same config (its done.json) is reused, an interrupted one resumed, one with
+another config (another budget, --smoke) trained again. The stages' results stay in B4's own ``OUT/results.json``
+(one entry per stage, plus ``trained``: steps and seconds per run), written atomically by compare's
+``save_results``: they are guidance sweeps, PSNRs and attribute accuracies, not the per-sampler rows of FID,
+precision/recall and bits/dim that compare's results format holds, so they do not fit it. A cached stage is redone
+when a run it used was trained again (``--fresh STAGE`` redoes it anyway).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -64,35 +71,47 @@ PROMPTS = ["a red circle in the top left", "a large blue square in the bottom ri
 
 class Bench:
     def __init__(self, out: Path):
+        from genlab.report.compare import load_results
+
         self.out = out
         self.runs = out / "runs"
         self.path = out / "results.json"
-        self.results = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.results = load_results(out)
         self.results.setdefault("trained", {})
+        self.used = {}          # run name -> its training id, for the stage being computed
 
     def save(self):
+        from genlab.report.compare import save_results
+
         self.out.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.results, indent=1))
-        tmp.replace(self.path)
+        save_results(self.results, self.out)
 
     def run(self, name: str) -> Path:
-        """Train run ``name`` (once) under its budget; return its directory."""
-        from genlab import api
+        """Run ``name`` trained (or reused, or resumed) under its budget; return its directory."""
+        from genlab.report.compare import train_or_reuse
+        from genlab.train import checkpoint as ck
 
-        d = self.runs / name
-        if name in self.results["trained"] and (d / "checkpoints").exists():
-            return d
         recipe, over = RUNS[name]
+        budget = 5 if SMOKE else BUDGETS[name]
         t0 = time.time()
-        res = api.train(recipe, over + [f"train.time_budget={5 if SMOKE else BUDGETS[name]}s"], name=name, runs_root=self.runs,
-                        force=True, progress=False)
-        self.results["trained"][name] = {"recipe": recipe, "overrides": over, "budget_s": BUDGETS[name],
-                                         "steps": res.state.step, "train_s": round(res.state.time_used, 1),
-                                         "wall_s": round(time.time() - t0, 1)}
-        self.save()
-        log(f"trained {name}: {res.state.step} steps in {res.state.time_used:.0f}s")
-        return d
+        t = train_or_reuse(name, recipe, over + [f"train.time_budget={budget}s"], self.runs, progress=False,
+                           budget_label=f"{budget} s", log_prefix="[b4]")
+        state = ck.read_state(ck.resolve_checkpoint(t.run_dir))
+        train_id = f"{state['step']}:{state['time_used']:.6f}"
+        if t.trained or self.results["trained"].get(name, {}).get("train_id") != train_id:
+            self.results["trained"][name] = {"recipe": recipe, "overrides": over, "budget_s": budget,
+                                             "steps": state["step"], "train_s": round(state["time_used"], 1),
+                                             "wall_s": round(time.time() - t0, 1), "train_id": train_id}
+            self.save()
+            if t.trained:
+                log(f"trained {name}: {state['step']} steps in {state['time_used']:.0f}s")
+        self.used[name] = train_id
+        return t.run_dir
+
+    def stale(self, stage: str) -> bool:
+        """A cached stage whose runs were trained again since (their training ids changed)."""
+        used = self.results.get(stage, {}).get("runs", {})
+        return any(self.results["trained"].get(r, {}).get("train_id") != tid for r, tid in used.items())
 
 
 def log(msg: str) -> None:
@@ -436,11 +455,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     b = Bench(Path(args.out))
     for name in args.only or list(STAGES):
-        if name in b.results and name not in args.fresh:
+        if name in b.results and name not in args.fresh and not b.stale(name):
             continue
         t0 = time.time()
+        b.used = {}
         b.results[name] = STAGES[name](b)
         b.results[name]["eval_wall_s"] = round(time.time() - t0, 1)
+        b.results[name]["runs"] = dict(b.used)
         b.save()
     if args.copy_docs:
         copy_docs(b)
