@@ -9,4 +9,5 @@ from .any_order import AnyOrderMethod  # noqa: F401
 from .oneshot import OneShotMethod  # noqa: F401
 from .classifier import ClassifierMethod  # noqa: F401
 from .flow_matching import FlowMatchingMethod  # noqa: F401
+from .masked_diffusion import MaskedDiffusionMethod  # noqa: F401
 from ..registry import METHODS  # noqa: F401  (name -> class, filled by the imports above)
