@@ -89,7 +89,8 @@ def test_compare_quick_end_to_end(tmp_path):
     out = run("compare_digits", tmp_path / "cmp", quick=True, progress=False)
     res = json.loads((out / "results.json").read_text())
     names = res["_spec"]["order"]
-    assert names == ["oneshot", "pixelcnn", "transformer", "any_order", "ddpm_eps", "ddpm_x0", "ddpm_v"]
+    assert names == ["oneshot", "pixelcnn", "transformer", "any_order", "ddpm_eps", "ddpm_x0", "ddpm_v", "flow",
+                     "masked"]
     for name in names:
         rec = res[name]
         assert math.isfinite(rec["test_bpd"]) and rec["test_bpd"] > 0 and rec["params"] > 0
@@ -103,7 +104,7 @@ def test_compare_quick_end_to_end(tmp_path):
     assert {r["nfe"] for r in res["any_order"]["rows"].values()} == {64, 32, 16, 8, 4}
     readme = (out / "README.md").read_text()
     table = [line for line in readme.splitlines() if line.startswith("| ") and "method" not in line]
-    assert len(table) == 1 + 1 + 1 + 5 + 3 * 3        # DDPM-1000 rows are left out of --quick
+    assert len(table) == 1 + 1 + 1 + 5 + 3 * 3 + 5 + 5   # DDPM-1000 rows are left out of --quick; flow, masked
     for line in table:
         cells = [c.strip() for c in line.strip("|").split("|")]
         float(cells[2].split()[0]), float(cells[3].split()[0]), int(cells[6])   # numeric bpd, FID, evaluations

@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..config import ConfigError, choice, num, opt
+from ..config import choice, num
 from ..rng import StepRNG
 from .any_order import AnyOrderNet, _raster_logits, raster, unraster
 from .base import Method, register
@@ -54,7 +54,7 @@ class MaskedConfig:
 @dataclass
 class MaskedOptions(DiscreteOptions):
     sampler: str = choice("ancestral", SAMPLERS, help="ancestral (k per step, random order) | maskgit (confidence)")
-    k: int = opt(1, help="sub-pixels revealed per network evaluation (1..C*H*W, checked against the image)")
+    k: int = num(1, 1, 2 ** 31 - 1, late=True, help="sub-pixels unmasked per network evaluation (1..C*H*W)")
     steps: int = num(12, 1, 100_000, help="maskgit steps (1..C*H*W, checked against the image)")
     choice_temperature: float = num(4.5, 0.0, 1e6, help="maskgit: Gumbel noise on the confidences, annealed "
                                                           "linearly to 0 (0: pure confidence order)")
@@ -127,13 +127,6 @@ class MaskedDiffusionMethod(Method):
     inputs = ("known", "known_mask")
     likelihood = "bound"
     likelihood_draws = 16
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        k = cfg.sample.k
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ConfigError(f"sample.k={k!r} must be an integer >= 1 (sub-pixels unmasked per step)")
 
     def nfe(self, opts, shape: tuple) -> int:
         d = shape[0] * shape[1] * shape[2]
