@@ -249,13 +249,17 @@ def option_flags(parser, *, exclude=()) -> None:
                 kw["metavar"] = "true|false"
             elif tp in (int, float):
                 kw["type"] = tp
-            owners = registry.takers(f.name)
+            owners = [o for o in registry.takers(f.name) if o != name]
             choices = f.metadata.get("choices")
             help_ = f.metadata.get("help", "")
             if choices:
                 help_ += f" ({' | '.join(choices)})"
-            kw["help"] = f"{help_} [{f.default}]" + (f"; also {', '.join(o for o in owners if o != name)}"
-                                                      if len(owners) > 1 else "")
+            help_ += f" [{f.default}]"
+            for o in owners:          # a name several methods share: each one's own choices and default
+                of = next(g for g in dataclasses.fields(registry.METHODS[o].Options) if g.name == f.name)
+                oc = of.metadata.get("choices")
+                help_ += f"; {o}: " + (f"{' | '.join(oc)} " if oc else "") + f"[{of.default}]"
+            kw["help"] = help_
             group.add_argument("--" + f.name.replace("_", "-"), **kw)
 
 
