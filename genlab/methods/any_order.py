@@ -68,6 +68,15 @@ class AnyOrderNet(nn.Module):
         return out.reshape(n, self.in_channels, self.levels, h, w)
 
 
+def any_order_net(cfg, shape: tuple, num_classes: int, levels: int) -> AnyOrderNet:
+    """The any-order network of a config's ``model`` section (any-order AR and masked diffusion share it)."""
+    m = cfg.model
+    c, h = square_shape(shape)
+    return AnyOrderNet(c, h, levels, num_classes if m.class_cond else 0, width=m.width,
+                       channel_mults=tuple(m.channel_mults), num_res_blocks=m.num_res_blocks,
+                       attn_resolutions=tuple(m.attn_resolutions), num_heads=m.num_heads, dropout=m.dropout)
+
+
 @register
 class AnyOrderMethod(Method):
     name = "any_order"
@@ -90,11 +99,7 @@ class AnyOrderMethod(Method):
         return max(option_list, key=lambda s: s.get("k", 1)) if len(option_list) > 1 else option_list[0]
 
     def build_model(self, shape: tuple, num_classes: int = 0, levels: int = 256) -> nn.Module:
-        m = self.cfg.model
-        c, h = square_shape(shape)
-        return AnyOrderNet(c, h, levels, num_classes if m.class_cond else 0, width=m.width,
-                           channel_mults=tuple(m.channel_mults), num_res_blocks=m.num_res_blocks,
-                           attn_resolutions=tuple(m.attn_resolutions), num_heads=m.num_heads, dropout=m.dropout)
+        return any_order_net(self.cfg, shape, num_classes, levels)
 
     # ------------------------------------------------------------------ training and likelihood
     def _estimate(self, model, x, y, t, r) -> torch.Tensor:

@@ -34,10 +34,10 @@ from torch import nn
 
 from ..config import choice, num
 from ..rng import StepRNG
-from .any_order import AnyOrderNet, _raster_logits, raster, unraster
+from .any_order import _raster_logits, any_order_net, raster, unraster
 from .base import Method, register
 from .categorical import (LN2, DiscreteOptions, PerSampleUniform, drop_labels, filter_logits, from_levels,
-                          known_pixels, labels_or_none, nll_nats, sample_from, square_shape, to_levels, unwrap)
+                          known_pixels, labels_or_none, nll_nats, sample_from, to_levels, unwrap)
 
 SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ancestral", "maskgit")
@@ -143,11 +143,7 @@ class MaskedDiffusionMethod(Method):
         return max(option_list, key=lambda s: s.get("k") or 1)
 
     def build_model(self, shape: tuple, num_classes: int = 0, levels: int = 256) -> nn.Module:
-        m = self.cfg.model
-        c, h = square_shape(shape)
-        return AnyOrderNet(c, h, levels, num_classes if m.class_cond else 0, width=m.width,
-                           channel_mults=tuple(m.channel_mults), num_res_blocks=m.num_res_blocks,
-                           attn_resolutions=tuple(m.attn_resolutions), num_heads=m.num_heads, dropout=m.dropout)
+        return any_order_net(self.cfg, shape, num_classes, levels)
 
     # ------------------------------------------------------------------ training and likelihood
     def loss(self, model, batch: dict, rng: StepRNG) -> torch.Tensor:
