@@ -558,8 +558,7 @@ def write_markdown(results: dict, args, path: Path) -> None:
             versions[mod] = version(mod.replace("_", "-"))
         except Exception:
             versions[mod] = "not installed"
-    fam = {f: i for i, f in enumerate(FAMILIES)}
-    recs = sorted(trainings(results), key=lambda t: (fam.get(t["family"], 9), t["budget"], t["variant"]))
+    recs = [results[name] for name in record_order(results)]
     budgets = sorted({t["budget"] for t in recs})
     n = results["_eval"]["n"]
     L = [f"# B1 digits: quality per training budget{' (--quick)' if results['_mode'] == 'quick' else ''}", "",

@@ -135,7 +135,8 @@ def digits_scores(x: torch.Tensor, labels: torch.Tensor) -> dict:
 def guidance_sweep(b: Bench, stage: str, run: str, n: int, classifier: str | None = None, **opts) -> dict:
     from genlab import api
 
-    _, method, model, _ = api.load_run(b.run(run))
+    run_ = api.load_run(b.run(run))
+    method, model = run_.method, run_.model
     kw = {}
     if classifier is not None:
         kw["classifier"] = api.load_classifier(b.run(classifier), method.cfg)
@@ -175,7 +176,8 @@ def stage_shapes(b: Bench) -> dict:
     from genlab.eval import metrics as M
     from genlab.eval.attributes import load_attribute_classifier
 
-    _, method, model, _ = api.load_run(b.run("shapes_text"))
+    run_ = api.load_run(b.run("shapes_text"))
+    method, model = run_.method, run_.model
     clf = load_attribute_classifier(16, log=log)
     from genlab.data.shapes import HELDOUT_COMBOS, make_shapes
 
@@ -247,7 +249,7 @@ def stage_inpaint(b: Bench) -> dict:
         for name, (run, opts) in models.items():
             if run not in loaded:
                 loaded[run] = api.load_run(b.run(run))
-            _, method, model, _ = loaded[run]
+            method, model = loaded[run].method, loaded[run].model
             t0 = time.time()
             xs, nfe = method.sample(model, n, seed=0, known=x.clone(), known_mask=known_mask, **opts)
             xs = api.quantize(xs, test.levels)
@@ -301,7 +303,8 @@ def stage_upsample(b: Bench) -> dict:
         x, nfe, _ = api.upsample(up_dir, lr, seed=0, lowres_t=lt)
         rows.append(score(x, f"upsampler (lowres_t {lt})", nfe, time.time() - t0))
     # the cascade: text-conditional 16x16 base, then the upsampler
-    _, method, model, _ = api.load_run(b.run("shapes_text"))
+    run_ = api.load_run(b.run("shapes_text"))
+    method, model = run_.method, run_.model
     caps = test32.captions[:n]
     t0 = time.time()
     base, nfe0 = method.sample(model, n, y=model.text.tokenizer.encode(caps), seed=0, guidance=3.0)
@@ -400,7 +403,7 @@ def inpaint_figure(b: Bench, path: Path, n: int = 6) -> None:
         for run, opts in (("ddpm", dict(sampler="dpmpp-2m", steps=20)),
                           ("ddpm", dict(sampler="ddpm", steps=50, resample=4)),
                           ("inpaint", dict(sampler="dpmpp-2m", steps=20))):
-            _, method, model, _ = runs[run]
+            method, model = runs[run].method, runs[run].model
             xs, _ = method.sample(model, n, seed=0, known=x.clone(), known_mask=m, **opts)
             rows.append(api.quantize(xs, test.levels).expand(-1, 3, -1, -1))
         rows.append(x.expand(-1, 3, -1, -1))

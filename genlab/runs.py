@@ -80,8 +80,6 @@ def is_run_dir(path, follow_link: bool = False) -> bool:
     if not ((p / "config.yaml").is_file() and (p / "checkpoints").is_dir()):
         return False
     try:
-        import yaml
-
         cfg = yaml.safe_load((p / "config.yaml").read_text())
     except (OSError, ValueError, yaml.YAMLError):
         return False

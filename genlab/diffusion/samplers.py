@@ -260,21 +260,45 @@ def _flow_velocity(denoiser, x: torch.Tensor, t: float):
     return eps - x0, x0
 
 
+def _flow_solve(step, denoiser, x_T: torch.Tensor, schedule: FlowPath, steps: int, callback) -> torch.Tensor:
+    """The loop every flow sampler shares: ``step(denoiser, x, t, s, last) -> (x_s, x0_hat)`` from each time of
+    the grid to the next, with the callback after each step (its ``t`` is the time of ``x_t``, after the step)."""
+    ts = schedule.times(steps)
+    x = x_T
+    for i in range(steps):
+        x, x0 = step(denoiser, x, ts[i], ts[i + 1], i + 1 == steps)
+        if callback is not None:
+            callback({"i": i, "t": ts[i + 1], "x_t": x, "x0_hat": x0})
+    return x
+
+
+def _euler_step(denoiser, x, t, s, last):
+    v, x0 = _flow_velocity(denoiser, x, t)
+    return x + (s - t) * v, x0
+
+
+def _heun_step(denoiser, x, t, s, last):
+    v, x0 = _flow_velocity(denoiser, x, t)
+    x_next = x + (s - t) * v
+    if not last:
+        v_next, _ = _flow_velocity(denoiser, x_next, s)
+        x_next = x + (s - t) * (v + v_next) / 2
+    return x_next, x0
+
+
+def _midpoint_step(denoiser, x, t, s, last):
+    v, x0 = _flow_velocity(denoiser, x, t)
+    v_mid, _ = _flow_velocity(denoiser, x + (s - t) / 2 * v, (t + s) / 2)
+    return x + (s - t) * v_mid, x0
+
+
 @torch.no_grad()
 def flow_euler(denoiser, x_T: torch.Tensor, schedule: FlowPath, steps: int = 50, *, generator: Noise = None,
                callback: Optional[Callable] = None) -> torch.Tensor:
     """Euler's method on dx/dt = v(x, t) from t = 1 to 0: x_s = x_t + (s - t) v. One evaluation per step.
     On this path it equals DDIM (eta = 0) with alpha = 1 - t, sigma = t: x_s = (1 - s) x0_hat + s eps_hat.
-    The callback's ``t`` is the time of ``x_t``, after the step. Deterministic; ``generator`` is unused."""
-    ts = schedule.times(steps)
-    x = x_T
-    for i in range(steps):
-        t, s = ts[i], ts[i + 1]
-        v, x0 = _flow_velocity(denoiser, x, t)
-        x = x + (s - t) * v
-        if callback is not None:
-            callback({"i": i, "t": s, "x_t": x, "x0_hat": x0})
-    return x
+    Deterministic; ``generator`` is unused."""
+    return _flow_solve(_euler_step, denoiser, x_T, schedule, steps, callback)
 
 
 @torch.no_grad()
@@ -283,19 +307,7 @@ def flow_heun(denoiser, x_T: torch.Tensor, schedule: FlowPath, steps: int = 25, 
     """Heun's second-order method (explicit trapezoid) on dx/dt = v from t = 1 to 0: an Euler step, then the
     average of the slopes at both ends; the last step (to t = 0) is plain Euler, as in EDM (Karras et al. 2022,
     algorithm 1), so ``steps`` cost 2 * steps - 1 evaluations. Deterministic; ``generator`` is unused."""
-    ts = schedule.times(steps)
-    x = x_T
-    for i in range(steps):
-        t, s = ts[i], ts[i + 1]
-        v, x0 = _flow_velocity(denoiser, x, t)
-        x_next = x + (s - t) * v
-        if i + 1 < steps:
-            v_next, _ = _flow_velocity(denoiser, x_next, s)
-            x_next = x + (s - t) * (v + v_next) / 2
-        x = x_next
-        if callback is not None:
-            callback({"i": i, "t": s, "x_t": x, "x0_hat": x0})
-    return x
+    return _flow_solve(_heun_step, denoiser, x_T, schedule, steps, callback)
 
 
 @torch.no_grad()
@@ -304,16 +316,7 @@ def flow_midpoint(denoiser, x_T: torch.Tensor, schedule: FlowPath, steps: int = 
     """The explicit midpoint method (second order) on dx/dt = v from t = 1 to 0: a half Euler step, then the
     whole step with the slope at the midpoint, x_s = x_t + (s - t) v(x_t + (s - t) / 2 v, (t + s) / 2). Two
     evaluations per step. Deterministic; ``generator`` is unused."""
-    ts = schedule.times(steps)
-    x = x_T
-    for i in range(steps):
-        t, s = ts[i], ts[i + 1]
-        v, x0 = _flow_velocity(denoiser, x, t)
-        v_mid, _ = _flow_velocity(denoiser, x + (s - t) / 2 * v, (t + s) / 2)
-        x = x + (s - t) * v_mid
-        if callback is not None:
-            callback({"i": i, "t": s, "x_t": x, "x0_hat": x0})
-    return x
+    return _flow_solve(_midpoint_step, denoiser, x_T, schedule, steps, callback)
 
 
 # the flow-matching method's samplers (diffusion's are SAMPLERS above): name -> sampler

@@ -194,7 +194,7 @@ class AnyOrderMethod(Method):
         model-space images with ``known_mask`` (N, C, H, W) bool: those sub-pixels are revealed from the start
         and kept."""
         net = unwrap(model)
-        d, c, size = net.dims, net.in_channels, net.image_size
+        d = net.dims
         k, temperature, top_k, dev = opts.k, opts.temperature, opts.top_k, device
         b = len(seeds)
         draws = PerSampleUniform(seeds).rand(2, d, device=dev)
@@ -210,29 +210,39 @@ class AnyOrderMethod(Method):
             lv = torch.where(mask, raster(to_levels(known.to(dev), net.levels)), lv)
             rank = torch.where(mask, rank - d, rank)    # known positions first, then the chosen order
         perm = rank.argsort(1)
+        return reveal(net, lv, mask, perm, u, k, temperature, top_k, labels_or_none(net, y), callback)
+
+
+def reveal(net, lv: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor, u: torch.Tensor, k: int,
+           temperature: float, top_k: int, y, callback=None):
+    """Reveal k sub-pixels per network evaluation in the order ``perm`` (N, D) until every one is known; each is
+    drawn from its conditional with the uniforms ``u`` (N, D). ``lv`` (N, D) levels and ``mask`` (N, D) the known
+    ones, in raster order. Returns (images in [-1, 1], evaluations). Any-order AR's sampler, and masked
+    diffusion's ancestral one."""
+    d, c, size = net.dims, net.in_channels, net.image_size
+    dev = lv.device
+    t = mask.sum(1)
+    steps = 0
+    while bool((t < d).any()):
+        pos = t[:, None] + torch.arange(k, device=dev)[None]
+        valid = pos < d
+        idx = perm.gather(1, pos.clamp(max=d - 1))
+        x = from_levels(unraster(lv, c, size), net.levels)
+        logits = _raster_logits(net(x, unraster(mask, c, size), t, y))
+        chosen = logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1]))
+        v = sample_from(filter_logits(chosen, temperature, top_k), u.gather(1, idx))
+        # near the end, positions past D are clamped to D-1 and repeat it: add only the valid draws
+        # (scatter_add, since with repeated indices a plain scatter may keep an invalid write)
+        hit = torch.zeros_like(lv).scatter_add_(1, idx, valid.long()) > 0
+        drawn = torch.zeros_like(lv).scatter_add_(1, idx, v * valid)
+        lv = torch.where(hit, drawn, lv)
+        mask = mask | hit
         t = mask.sum(1)
-        yb = labels_or_none(net, y)
-        steps = 0
-        while bool((t < d).any()):
-            pos = t[:, None] + torch.arange(k, device=dev)[None]
-            valid = pos < d
-            idx = perm.gather(1, pos.clamp(max=d - 1))
-            x = from_levels(unraster(lv, c, size), net.levels)
-            logits = _raster_logits(net(x, unraster(mask, c, size), t, yb))
-            chosen = logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1]))
-            v = sample_from(filter_logits(chosen, temperature, top_k), u.gather(1, idx))
-            # near the end, positions past D are clamped to D-1 and repeat it: add only the valid draws
-            # (scatter_add, since with repeated indices a plain scatter may keep an invalid write)
-            hit = torch.zeros_like(lv).scatter_add_(1, idx, valid.long()) > 0
-            drawn = torch.zeros_like(lv).scatter_add_(1, idx, v * valid)
-            lv = torch.where(hit, drawn, lv)
-            mask = mask | hit
-            t = mask.sum(1)
-            steps += 1
-            if callback is not None:
-                callback({"step": steps, "x": from_levels(unraster(lv, c, size), net.levels),
-                          "known": unraster(mask, c, size).clone()})
-        return from_levels(unraster(lv, c, size), net.levels), steps
+        steps += 1
+        if callback is not None:
+            callback({"step": steps, "x": from_levels(unraster(lv, c, size), net.levels),
+                      "known": unraster(mask, c, size).clone()})
+    return from_levels(unraster(lv, c, size), net.levels), steps
 
 
 def _raster_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import num
-from .base import check_sample_options, unwrap  # noqa: F401  (re-exported: older imports)
+from .base import unwrap
 
 LN2 = math.log(2.0)
 

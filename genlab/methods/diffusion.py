@@ -24,7 +24,7 @@ from ..diffusion.samplers import SAMPLERS, SPACINGS, sampler_options
 from ..diffusion.process import q_sample, target
 from ..nn import UNet
 from ..rng import StepRNG
-from .base import Method, register
+from .base import Method, register, unwrap
 from .categorical import known_pixels, square_shape, training_condition
 
 
@@ -154,7 +154,7 @@ class DiffusionMethod(Method):
         from ..diffusion.likelihood import vlb_bpd
 
         t_samples = draws if t_samples is None else t_samples
-        net = _unwrap(model)
+        net = unwrap(model)
         if self.cfg.model.image_cond != "none":
             raise ValueError(f"the likelihood bound of an image-conditioned model (model.image_cond="
                              f"{self.cfg.model.image_cond}) needs its conditioning images; it is not computed")
@@ -178,7 +178,7 @@ class DiffusionMethod(Method):
         from ..diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance
 
         clip = self.cfg.diffusion.clip_sample
-        net = _unwrap(model)
+        net = unwrap(model)
         if ((guidance is not None and guidance != 1.0) or classifier is not None) and y is None:
             raise ValueError("guidance needs a condition: give a prompt (--prompt) for a text-conditional model, "
                              "labels (--class / --labels) for a class-conditional one")
@@ -197,7 +197,7 @@ class DiffusionMethod(Method):
 
     def prepare_inputs(self, model, n: int, opts, inputs: dict) -> dict:
         """Inpainting images and masks, low-resolution images, RePaint: checked once for all n samples."""
-        net = _unwrap(model)
+        net = unwrap(model)
         shape = (net.out_channels, net.image_size, net.image_size)
         if not 1 <= opts.steps <= self.schedule.T:
             raise ValueError(f"steps must be in 1..{self.schedule.T} (diffusion.timesteps), got {opts.steps}")
@@ -214,7 +214,7 @@ class DiffusionMethod(Method):
         m = self.cfg.model
         fn = get_sampler(opts.sampler)
         kw = sampler_options(opts.sampler, spacing=opts.spacing, eta=opts.eta, variance=opts.variance)
-        net = _unwrap(model)
+        net = unwrap(model)
         shape = (net.out_channels, net.image_size, net.image_size)
         b = len(seeds)
         noise = PerSampleNoise(seeds)
@@ -268,6 +268,3 @@ class DiffusionMethod(Method):
             raise ValueError(f"the upsampler takes low-resolution images of shape {want}; got {got}")
         return lowres.float()
 
-
-def _unwrap(model):
-    return getattr(model, "module", model)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..config import choice, num, opt
 from ..diffusion import CountingDenoiser, PerSampleNoise
+from ..diffusion.likelihood import _check_on_grid
 from ..diffusion.samplers import FLOW_SAMPLERS, FlowPath
 from ..nn import UNet
 from ..rng import StepRNG
@@ -245,9 +246,7 @@ class FlowMatchingMethod(Method):
             raise ValueError("the flow likelihood needs the dataset's number of levels (>= 2)")
         steps = steps or self.cfg.flow.likelihood_steps
         draws = self.likelihood_draws if draws is None else draws
-        k = (x.detach().double() + 1) * ((levels - 1) / 2)
-        if float((k - k.round()).abs().max()) > 1e-3 or float(k.min()) < -1e-3 or float(k.max()) > levels - 1 + 1e-3:
-            raise ValueError(f"x must lie on the grid of {levels} levels in [-1, 1] (see genlab.data.base.to_model)")
+        _check_on_grid(x, levels)          # the diffusion bound's check: x on the dataset's levels
         was_training = net.training
         net.eval()
         g = torch.Generator().manual_seed(seed)

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..config import choice, num
 from ..rng import StepRNG
-from .any_order import _raster_logits, any_order_net, raster, unraster
+from .any_order import _raster_logits, any_order_net, raster, reveal, unraster
 from .base import Method, register
 from .categorical import (LN2, DiscreteOptions, PerSampleUniform, drop_labels, filter_logits, from_levels,
                           known_pixels, labels_or_none, nll_nats, sample_from, to_levels, unwrap)
@@ -221,30 +221,12 @@ class MaskedDiffusionMethod(Method):
                       "known": unraster(revealed, c, size).clone()})
 
     def _ancestral(self, model, gen, opts, lv, revealed, y, dev, callback):
-        """k sub-pixels per evaluation in a random order per sample (the known ones first)."""
-        net = unwrap(model)
-        d, k = net.dims, opts.k
-        draws = gen.rand(2, d, device=dev)
+        """k sub-pixels per evaluation in a random order per sample (the known ones first): any-order AR's
+        sampler (:func:`~genlab.methods.any_order.reveal`) on this model."""
+        draws = gen.rand(2, unwrap(model).dims, device=dev)
         keys, u = draws[:, 0], draws[:, 1]
         perm = torch.where(revealed, keys - 2, keys).argsort(1)     # known positions first, then a random order
-        t = revealed.sum(1)
-        steps = 0
-        while bool((t < d).any()):
-            pos = t[:, None] + torch.arange(k, device=dev)[None]
-            valid = pos < d
-            idx = perm.gather(1, pos.clamp(max=d - 1))
-            logits = self._logits(model, lv, revealed, y)
-            chosen = logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1]))
-            v = sample_from(filter_logits(chosen, opts.temperature, opts.top_k), u.gather(1, idx))
-            # past D, positions are clamped to D-1 and repeat: add only the valid draws (as any_order does)
-            hit = torch.zeros_like(lv).scatter_add_(1, idx, valid.long()) > 0
-            drawn = torch.zeros_like(lv).scatter_add_(1, idx, v * valid)
-            lv = torch.where(hit, drawn, lv)
-            revealed = revealed | hit
-            t = revealed.sum(1)
-            steps += 1
-            self._report(net, callback, steps, lv, revealed)
-        return from_levels(unraster(lv, net.in_channels, net.image_size), net.levels), steps
+        return reveal(unwrap(model), lv, revealed, perm, u, opts.k, opts.temperature, opts.top_k, y, callback)
 
     def _maskgit(self, model, gen, opts, lv, revealed, y, dev, callback):
         """MaskGIT's confidence-based parallel decoding with the cosine schedule (Chang et al. 2022, sec. 3.2)."""
@@ -262,7 +244,7 @@ class MaskedDiffusionMethod(Method):
             v = sample_from(logits, u[:, 0])
             logp = torch.log_softmax(logits, -1).gather(-1, v[..., None]).squeeze(-1)
             tau = opts.choice_temperature * (1 - (i + 1) / s)
-            conf = torch.where(revealed, torch.full_like(logp, float("inf")), logp + tau * _gumbel(u[:, 1]))
+            conf = torch.where(revealed, float("inf"), logp + tau * _gumbel(u[:, 1]))
             order = torch.sort(conf, dim=1, descending=True, stable=True).indices
             rank = order.argsort(1)
             new = (rank < (d - left[:, i])[:, None]) & ~revealed   # the most confident stay unmasked

@@ -204,7 +204,6 @@ def row_key(opts: dict) -> str:
     return json.dumps(opts, sort_keys=True)
 
 
-_sampler_key = row_key
 
 
 # ------------------------------------------------------------------------------------------------ cache

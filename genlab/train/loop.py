@@ -378,12 +378,12 @@ class Trainer:
     def device(self) -> torch.device:
         return self.dist.device
 
-    @property
+    @functools.cached_property
     def micro(self) -> int:
         """Images of one micro-batch, over all processes."""
         return self.cfg.train.batch_size // self.cfg.train.grad_accum
 
-    @property
+    @functools.cached_property
     def rows(self) -> slice:
         """This process's rows of a micro-batch."""
         d = self.dist
