@@ -1,8 +1,9 @@
 """Raster autoregression: p(x) = prod_i p(x_i | x_<i) over sub-pixels in raster order (rows, then columns, then
 channels within a pixel), each a categorical over the dataset's levels (PixelRNN/PixelCNN, van den Oord et al.
 2016, eq. 1-2). The likelihood is exact: one network evaluation gives every conditional at once (teacher forcing),
-so bits/dim is computed in one pass. Sampling needs one evaluation per sub-pixel (C * H * W); the transformer
-backbone makes each of them cheap with a key/value cache, the PixelCNN re-runs the whole network.
+so bits/dim is computed in one pass. Sampling needs one evaluation per sub-pixel (C * H * W); both backbones make
+each of them cheap with a cache: the transformer's keys and values, the PixelCNN's convolution inputs (Ramachandran
+et al. 2017). Without it (``use_cache=False``) every sub-pixel re-runs the whole network.
 
 Backbones (``ar.backbone``): ``pixelcnn`` (:class:`genlab.nn.pixelcnn.GatedPixelCNN`) and ``transformer``
 (:class:`genlab.nn.transformer.PixelTransformer`).
@@ -27,7 +28,8 @@ BACKBONES = ("pixelcnn", "transformer")
 
 @dataclass
 class AutoregressiveOptions(DiscreteOptions):
-    use_cache: bool = opt(True, help="transformer: key/value cache (false re-runs the network per sub-pixel)")
+    use_cache: bool = opt(True, help="incremental sampling: the transformer's key/value cache, the PixelCNN's "
+                                     "cached convolution inputs (false re-runs the network per sub-pixel)")
     guidance: float = num(1.0, 0.0, 1000.0, help="classifier-free guidance scale (1: none, 0: unconditional)")
 
 
@@ -87,8 +89,8 @@ class AutoregressiveMethod(TeacherForced, Method):
                      known_mask=None):
         """Sub-pixel by sub-pixel in raster order (evaluations per sample = C*H*W, twice that with guidance).
 
-        Options: temperature (> 0; < 1 sharpens), top_k (0 = all levels), use_cache (transformer only: False
-        re-runs the full network for every sub-pixel, as a PixelCNN must), and ``known`` (N, C, H, W) model-space
+        Options: temperature (> 0; < 1 sharpens), top_k (0 = all levels), use_cache (the backbone's ``step``
+        cache; False re-runs the full network for every sub-pixel), and ``known`` (N, C, H, W) model-space
         images with ``known_mask`` (N, C, H, W) bool: those sub-pixels are kept instead of drawn. Raster AR can
         only condition on known pixels that come before a position (any_order conditions on all of them)."""
         temperature, top_k, guidance = opts.temperature, opts.top_k, opts.guidance
