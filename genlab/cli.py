@@ -82,10 +82,14 @@ def _add_demo(sub):
 
 
 def _add_data(sub):
+    from .data.download import SPECS
+
     p = sub.add_parser("data", help="download a dataset and verify its published checksums",
-                       description="Download NAME (mnist, fashion-mnist) into --root (default: $GENLAB_DATA or "
-                                   "~/.cache/genlab/data/NAME). Files already present are verified, not fetched.")
-    p.add_argument("name", choices=["mnist", "fashion-mnist"])
+                       description=f"Download NAME ({', '.join(SPECS)}) into --root (default: $GENLAB_DATA or "
+                                   "~/.cache/genlab/data/NAME). Files already present are verified, not fetched. "
+                                   "cifar10 is the binary archive cifar-10-binary.tar.gz (162 MB, read without "
+                                   "extracting it).")
+    p.add_argument("name", choices=list(SPECS))
     p.add_argument("--root", default=None, help="directory for the files")
     p.add_argument("--mirror", default=None, help="base URL to download from instead of the official ones")
     p.add_argument("--force", action="store_true", help="download again even if the files verify")
@@ -121,8 +125,8 @@ def _add_eval(sub):
 def _add_featnet(sub):
     p = sub.add_parser("featnet", help="train the in-repo feature network of a dataset (for FID etc.)")
     p.add_argument("action", choices=["train"])
-    p.add_argument("--data", default="digits", help="digits | mnist | fashion-mnist [digits]")
-    p.add_argument("--root", default=None, help="data directory (mnist-style datasets)")
+    p.add_argument("--data", default="digits", help="digits | mnist | fashion-mnist | cifar10 [digits]")
+    p.add_argument("--root", default=None, help="data directory (mnist-style datasets, cifar10)")
     p.add_argument("--seed", type=int, default=0)
 
 

@@ -285,7 +285,8 @@ def load_data(cfg: Config, split: str):
     d = cfg.data
     return load_dataset(d.name, split, root=d.root, image_size=d.image_size, channels=d.channels,
                         labels=d.labels or None, on_bad_image=d.on_bad_image, val_size=d.val_size,
-                        binarize=d.binarize, seed=d.split_seed, captions_required=cfg.model.text_cond)
+                        binarize=d.binarize, seed=d.split_seed, captions_required=cfg.model.text_cond,
+                        cache=d.cache, cache_dir=d.cache_dir)
 
 
 def evaluate_checkpoint(ckpt, *, which: str = "latest", use_ema: bool = True, device: str = "auto",

@@ -12,6 +12,8 @@ def pytest_configure(config):
     import tempfile
 
     os.environ.setdefault("GENLAB_CACHE", tempfile.mkdtemp(prefix="genlab-test-cache-"))
+    # folder caches (genlab.data.cache) default to GENLAB_DATA/folder-cache: a directory of the session too
+    os.environ.setdefault("GENLAB_DATA", tempfile.mkdtemp(prefix="genlab-test-data-"))
 
 # counts of the reliability suites (issue 11), printed at the end of the test session
 RELIABILITY = {}

@@ -65,7 +65,8 @@ class ImageDataset:
     """A whole image dataset split held in memory.
 
     Attributes:
-        x: uint8 tensor ``N x C x H x W`` of integer levels ``0..levels-1``.
+        x: uint8 tensor ``N x C x H x W`` of integer levels ``0..levels-1`` (for an image folder by default a view
+            of its memory-mapped cache file, see :mod:`genlab.data.cache`: indexing it reads the file's pages).
         y: int64 labels ``(N,)``, or ``None`` when unlabeled.
         levels: number of discrete pixel levels (17 digits, 256 MNIST/folders, 2 binarized).
         num_classes: number of classes, 0 when unlabeled.

@@ -73,6 +73,12 @@ SPECS: dict[str, DownloadSpec] = {
         ],
         urls=["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
     ),
+    # md5 of the binary version as published in the download table of the CIFAR-10 page,
+    # https://www.cs.toronto.edu/~kriz/cifar.html ("CIFAR-10 binary version (suitable for C programs)", 162 MB).
+    "cifar10": DownloadSpec(
+        files=[FileSpec("cifar-10-binary.tar.gz", md5="c32a1d4ab5d03f1284b67883e8d87530")],
+        urls=["https://www.cs.toronto.edu/~kriz/"],
+    ),
 }
 
 
@@ -193,7 +199,7 @@ def download(
     if name not in SPECS:
         raise ValueError(
             f"no download for dataset {name!r}; downloadable: {', '.join(SPECS)} "
-            "(digits is built in; folder datasets are your own images)"
+            "(digits and shapes are built in; folder datasets are your own images)"
         )
     spec = SPECS[name]
     directory = Path(root).expanduser() if root is not None else default_data_root() / name

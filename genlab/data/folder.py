@@ -6,11 +6,17 @@ Images are read by :func:`genlab.data.images.read_image`, as evaluation and inpa
 are scaled to 8 bits (value / 257), alpha (RGBA, LA, transparent palettes) is composited over black, and a file
 that cannot be read (damaged, or values out of range such as a float image outside [0, 1]) is an
 :class:`~genlab.data.images.ImageReadError` naming the file and the fix, or is skipped with
-``data.on_bad_image=skip``."""
+``data.on_bad_image=skip``.
+
+By default (``data.cache=true``) the decoded images live in a memory-mapped cache outside the folder
+(:mod:`genlab.data.cache`): decoded once, checked against the folder on every load, rebuilt when it changed, and
+read from the file during training instead of held in memory; ``data.cache=false`` decodes the split into
+memory on every load."""
 
 from __future__ import annotations
 
 import csv
+import sys
 import warnings
 from pathlib import Path
 
@@ -18,11 +24,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import cache as folder_cache
 from .base import ON_BAD_IMAGE, ImageDataset, binarize as binarize_levels, split_indices
 from .images import ImageReadError, read_image
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 MIN_IMAGE_SIZE = 4
+SKIP_HINT = "; or set data.on_bad_image=skip to skip unreadable images"
 
 
 def find_images(root: Path) -> list[Path]:
@@ -46,6 +54,20 @@ def load_image(path: Path, image_size: int, channels: int) -> np.ndarray:
     im = im.crop((left, top, left + image_size, top + image_size))
     arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def read_or_reason(path: Path, image_size: int, channels: int, on_bad_image: str,
+                   binarize: bool = False) -> np.ndarray | str:
+    """:func:`load_image` (thresholded with ``binarize``), or for a file that cannot be read the reason (skip),
+    or an ImageReadError naming the file and the fix (on_bad_image=error)."""
+    try:
+        arr = load_image(path, image_size, channels)
+    except (ImageReadError, FileNotFoundError) as e:   # FileNotFoundError: deleted since it was listed
+        msg = str(e) if isinstance(e, ImageReadError) else f"cannot read image {path}: {e}"
+        if on_bad_image == "error":
+            raise ImageReadError(msg + SKIP_HINT) from e
+        return msg
+    return binarize_levels(torch.tensor(arr), 256).numpy() if binarize else arr     # (a copy: arr is read-only)
 
 
 CAPTIONS_CSV = "captions.csv"
@@ -112,6 +134,8 @@ def load_folder_dataset(
     binarize: bool = False,
     seed: int = 0,
     captions_required: bool = False,
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> ImageDataset:
     """Load a split of an image folder.
 
@@ -120,6 +144,12 @@ def load_folder_dataset(
     "train" the rest.  Folders have no test split.  With ``labels=True`` each image's class is
     its first sub-folder under ``root``. Captions (see the module docstring) come along when present; an
     incomplete set is an error with ``captions_required`` (a text-conditional model) and a warning otherwise.
+
+    ``cache``: read the images from the memory-mapped cache of :mod:`genlab.data.cache` under ``cache_dir``
+    (default ``default_data_root()/folder-cache``), building it when it is missing or stale; ``x`` is then a view
+    of the cache file, with the same pixels and order as without it. A cache directory that cannot be written is
+    one message on stderr and in-memory decoding. With the cache, on_bad_image=error refuses an unreadable image
+    anywhere in the folder (the cache holds both splits); without it, only one in the split loaded.
     """
     if split == "test":
         raise ValueError(
@@ -142,6 +172,8 @@ def load_folder_dataset(
     channels = 3 if channels is None else channels
     if channels not in (1, 3):
         raise ValueError(f"data.channels must be 1 (grayscale) or 3 (RGB) for a folder dataset, got {channels!r}")
+    if not isinstance(cache, bool):
+        raise ValueError(f"data.cache must be true or false, got {cache!r}")
 
     files = find_images(root)
     if not files:
@@ -176,36 +208,69 @@ def load_folder_dataset(
         val_size = n // 10
     order = np.random.default_rng(seed).permutation(n)
     idx = split_indices(order, split, val_size)
+    start = n - int(val_size) if split == "val" else 0      # the split is order[start:start + len(idx)]
 
-    arrays, kept, bad = [], [], []
-    for i in idx:
-        try:
-            arrays.append(load_image(files[i], image_size, channels))
-            kept.append(i)
-        except (ImageReadError, FileNotFoundError) as e:   # FileNotFoundError: deleted since it was listed
-            if on_bad_image == "error":
-                msg = str(e) if isinstance(e, ImageReadError) else f"cannot read image {files[i]}: {e}"
-                raise ImageReadError(f"{msg}; or set data.on_bad_image=skip to skip unreadable images") from e
-            bad.append(files[i])
+    got = None
+    if cache:
+        got = _from_cache(root, files, order, start, start + len(idx), image_size=image_size, channels=channels,
+                          on_bad_image=on_bad_image, binarize=binarize, seed=seed, cache_dir=cache_dir)
+    if got is None:
+        got = _decode(files, idx, image_size, channels, on_bad_image, binarize)
+    x, kept, bad = got
     if bad:
-        shown = ", ".join(str(p.relative_to(root)) for p in bad[:5])
+        shown = ", ".join(str(files[i].relative_to(root)) for i in bad[:5])
         warnings.warn(
             f"skipped {len(bad)} unreadable image(s) under {root}: {shown}{' ...' if len(bad) > 5 else ''}",
             stacklevel=3,
         )
-    if len(idx) and not arrays:
+    if len(idx) and not len(kept):
         raise ValueError(f"split {split!r} of {root} has no readable images")
 
-    if arrays:
-        x = torch.from_numpy(np.stack(arrays))
-    else:  # an empty split (e.g. "val" of a folder with fewer than 10 images)
-        x = torch.zeros((0, channels, image_size, image_size), dtype=torch.uint8)
-    levels = 256
-    if binarize:
-        x, levels = binarize_levels(x, levels), 2
+    levels = 2 if binarize else 256
     caps = [captions[i] for i in kept] if captions is not None else None
     if targets is not None:
         y = torch.from_numpy(targets[np.asarray(kept, dtype=np.int64)])
         return ImageDataset(x, y, levels, len(class_names), class_names, "folder", caps)
     return ImageDataset(x, None, levels, 0, [], "folder", caps)
 
+
+def _decode(files: list[Path], idx: np.ndarray, image_size: int, channels: int, on_bad_image: str,
+            binarize: bool) -> tuple[torch.Tensor, list[int], list[int]]:
+    """The images ``files[idx]`` decoded into memory: (uint8 tensor, kept file indices, unreadable ones)."""
+    arrays, kept, bad = [], [], []
+    for i in idx:
+        img = read_or_reason(files[i], image_size, channels, on_bad_image, binarize)
+        if isinstance(img, str):
+            bad.append(int(i))
+        else:
+            arrays.append(img)
+            kept.append(int(i))
+    if arrays:
+        x = torch.from_numpy(np.stack(arrays))
+    else:  # an empty split (e.g. "val" of a folder with fewer than 10 images)
+        x = torch.zeros((0, channels, image_size, image_size), dtype=torch.uint8)
+    return x, kept, bad
+
+
+def _from_cache(root: Path, files: list[Path], order: np.ndarray, a: int, b: int, *, image_size: int,
+                channels: int, on_bad_image: str, binarize: bool, seed: int, cache_dir):
+    """Permutation positions ``[a, b)`` read from the folder's cache (see :mod:`genlab.data.cache`): (uint8 view
+    of the cache file, kept file indices, unreadable ones), or None when the cache directory cannot be used."""
+    params = {"root": str(root.resolve()), "image_size": image_size, "channels": channels, "split_seed": int(seed),
+              "binarize": bool(binarize)}
+
+    def read(path: Path):
+        return read_or_reason(path, image_size, channels, on_bad_image, binarize)
+
+    try:
+        opened = folder_cache.open_cache(root, files, params, order, read,
+                                         base=Path(cache_dir).expanduser() if cache_dir else None)
+    except folder_cache.CacheUnavailable as e:
+        print(f"{e}; decoding the images in memory instead (set data.cache_dir to a writable directory, or "
+              "data.cache=false to skip the cache)", file=sys.stderr)
+        return None
+    if on_bad_image == "error" and opened.unreadable:   # a cache built under skip, now loaded strictly
+        first = next(int(i) for i in opened.order if int(i) in opened.unreadable)
+        raise ImageReadError(opened.unreadable[first] + SKIP_HINT)
+    x, kept, bad = opened.split(a, b)
+    return x, kept.tolist(), bad
