@@ -149,7 +149,7 @@ BIG = 10 ** 12     # upper end of counts that have no natural limit
 
 @dataclass
 class DataConfig:
-    name: str = "digits"               # digits | mnist | fashion-mnist | folder
+    name: str = "digits"               # digits | shapes | mnist | fashion-mnist | cifar10 | folder
     root: Optional[str] = None         # directory of the data (default: $GENLAB_DATA or ~/.cache/genlab/data/NAME)
     image_size: Optional[int] = num(None, 4, 4096, integer=True)  # folder: required; others: native size when unset
     channels: Optional[int] = None     # folder: 1 (grayscale) or 3 (RGB, default)
@@ -157,7 +157,10 @@ class DataConfig:
     on_bad_image: str = "error"        # folder: error | skip
     val_size: Optional[int] = num(None, 0, BIG, integer=True)  # validation images carved from the train split
     binarize: bool = False             # mnist-style: threshold at 128 (2 levels)
+    hflip: bool = False                # training batches: mirror each image left-right with probability 1/2
     split_seed: int = num(0, 0, SEED_MAX)  # seed of the validation split (MNIST, folders; digits' is fixed)
+    cache: bool = True                 # folder: decode once into a memory-mapped cache (false: into memory, every load)
+    cache_dir: Optional[str] = None    # folder: where caches go (default: default_data_root()/folder-cache)
 
 
 @dataclass
@@ -230,6 +233,7 @@ class TrainConfig:
     eval_every: int = num(0, 0, BIG)   # steps between FID evaluations (0: none); also at the end when > 0
     eval_n: int = num(500, 4, 10 ** 7)  # samples per evaluation (drawn with the sample.* settings, EMA weights)
     num_threads: int = num(0, 0, 4096)  # torch CPU threads (0: leave torch's default)
+    compile: bool = False              # torch.compile the network for training (first steps slower; on CPU needs a C++ compiler)
     dist_timeout: float = num(120.0, 1.0, 86400.0)  # DDP: seconds a process waits for a lost peer before it exits
 
 

@@ -115,3 +115,27 @@ def test_under_torchrun_a_survivor_waiting_for_process_0_exits_with_one_line(tmp
     assert "step_0000004" in lines[0], lines[0]
     assert "waitForInput" not in err1, "no warning per poll while waiting"
     assert elapsed < 120, f"took {elapsed:.0f}s"
+
+
+def test_two_nodes_rendezvousing_on_localhost_end_like_one_process(tmp_path, tiny, subprocess_env):
+    """The README's many-machine command (torchrun --nnodes N --rdzv-backend c10d), as two single-process
+    "nodes" on 127.0.0.1 sharing one file system: the run ends as the one-process run does."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    args = ["train", *tiny, "train.max_steps=8", "train.log_every=1", "train.ckpt_every=4", "train.val_every=4",
+            "train.num_threads=1", "train.device=cpu", "--runs-dir", str(tmp_path), "--no-progress"]
+    one = subprocess.run(genlab_cmd(*args, "--name", "one"), env=subprocess_env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    port = _free_port()
+    node = [torchrun, "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+            f"127.0.0.1:{port}", "--rdzv-id", "genlab-test", "-m", "genlab.cli", *args, "--name", "nodes"]
+    procs = [subprocess.Popen(node, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(err[-2000:] for _, err in outs)
+    l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "nodes")
+    assert len(l1) == len(l2) == 8
+    assert l2 == pytest.approx(l1, rel=1e-5, abs=1e-6)
+    c1, c2 = ck.resolve_checkpoint(tmp_path / "one"), ck.resolve_checkpoint(tmp_path / "nodes")
+    assert ck.read_state(c2)["world_size"] == 2
+    w1, w2 = load_file(str(c1 / "model.safetensors")), load_file(str(c2 / "model.safetensors"))
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-5, rtol=1e-4) for k in w1)

@@ -214,6 +214,7 @@ def autocast_for(device: torch.device, precision: str):
 
 
 NOT_SHAPING = ("train", "sample")   # config sections that shape neither the model nor the data
+NOT_SHAPING_KEYS = ("data.cache", "data.cache_dir")   # how the pixels are read, not which
 
 
 def _section_defaults(cfg: Config, name: str) -> dict:
@@ -243,7 +244,7 @@ def config_mismatch(saved: dict, cfg: Config, *, ignore: tuple[str, ...] = NOT_S
             a = a if isinstance(a, dict) else {}
             defaults = _section_defaults(cfg, sec) if any(k not in a for k in b) else {}
             for k, v in b.items():
-                if k not in a and k in defaults and defaults[k] == v:
+                if f"{sec}.{k}" in NOT_SHAPING_KEYS or (k not in a and k in defaults and defaults[k] == v):
                     continue
                 if a.get(k) != v:
                     diffs.append(f"{sec}.{k}: checkpoint has {a.get(k)!r}, config has {v!r}")
@@ -311,7 +312,8 @@ def load_optimizers_state_dict(optimizers: list, sd: dict, where: str = "the che
 @dataclass
 class StepResult:
     """What one step tells the loop; every process has the same values (:func:`reduce_step`)."""
-    loss: float                      # the step's training loss, mean over processes
+    loss: float | torch.Tensor       # the step's training loss, mean over processes (a device tensor when
+                                     # Trainer.lazy: read back at log intervals only)
     step_time: float                 # seconds of the step, mean over processes
     stop: bool = False               # some process received SIGINT / SIGTERM: save and stop after this step
 
@@ -368,6 +370,8 @@ class Trainer:
     t0: float = 0.0                          # when this step started (perf_counter)
     tail: float = 0.0                        # seconds of the previous step after its collective
     t_coll: Optional[float] = None           # when this step's collective ended
+    lazy: bool = False                       # read the loss back at log intervals only (see reads_back_lazily)
+    diverged: Optional[torch.Tensor] = None  # lazy: first step whose loss or gradient norm was not finite, or -1
 
     @property
     def opt(self) -> torch.optim.Optimizer:
@@ -402,6 +406,14 @@ def describe_data(data: ImageDataset, model: torch.nn.Module) -> dict:
     if tokenizer is not None and hasattr(tokenizer, "to_dict"):     # a text model's vocabulary goes with it
         info["vocab"] = tokenizer.to_dict()
     return info
+
+
+def compile_model(model: torch.nn.Module) -> None:
+    """``train.compile``: compile the network's forward (and so its backward) with ``torch.compile``, in place
+    (``nn.Module.compile``: parameter names, state dicts and checkpoints stay those of the plain model; the
+    EMA copy used for validation and sampling stays eager). The first steps are slow while it compiles; on CPU
+    TorchInductor needs a C++ compiler (g++) and fails with its own message without one."""
+    model.compile()
 
 
 def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
@@ -467,9 +479,24 @@ def micro_batch(tr: Trainer, m: int) -> tuple[dict, StepRNG]:
     both functions of (seed, step, m) alone."""
     t = tr.cfg.train
     idx = data_indices(len(tr.data), t.seed, tr.state.samples_seen + m * tr.micro, tr.micro)[tr.rows]
-    batch = {k: _to(v, tr.device) for k, v in tr.data.batch(idx).items()}
+    batch = tr.data.batch(idx)
+    if tr.cfg.data.hflip:
+        batch["x"] = hflip(batch["x"], flip_mask(t.seed, tr.state.step, m, tr.micro)[tr.rows])
+    batch = {k: _to(v, tr.device) for k, v in batch.items()}
     rng = StepRNG(mix_seed(t.seed, 0, tr.state.step, m), tr.micro, tr.rows, tr.device)
     return batch, rng
+
+
+def flip_mask(seed: int, step: int, m: int, n: int) -> torch.Tensor:
+    """Which of the ``n`` images of micro-batch ``m`` of ``step`` are mirrored (probability 1/2 each): drawn for
+    the whole micro-batch from (seed, step, m), so the process count and resuming do not change it."""
+    g = torch.Generator().manual_seed(mix_seed(seed, 4, step, m))
+    return torch.rand(n, generator=g) < 0.5
+
+
+def hflip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x`` (N, C, H, W) with the images where ``mask`` is true mirrored left-right (data.hflip)."""
+    return torch.where(mask[:, None, None, None], x.flip(-1), x)
 
 
 def no_sync(tr: Trainer, m: int):
@@ -479,11 +506,24 @@ def no_sync(tr: Trainer, m: int):
     return contextlib.nullcontext()
 
 
+def reads_back_lazily(info: DistInfo) -> bool:
+    """Whether the loop leaves the step's numbers on the device until the next log step: on a single GPU a
+    read-back (``.item()``, a CUDA synchronize) stalls the host until the queued kernels are done, so the step
+    does none. On CPU a read costs nothing, and several processes agree on the step time and the stop flag
+    through the step's collective, so both read every step."""
+    return info.device.type != "cpu" and not info.enabled
+
+
 def reduce_step(tr: Trainer, step_loss) -> StepResult:
     """The one collective of a step: mean loss, mean step time, stop flag (all processes agree on all three).
     ``step_loss``: this process's loss of the step (a number or a 0-d tensor). The step time sent is this
-    step's so far plus the tail of the previous one after its collective."""
+    step's so far plus the tail of the previous one after its collective. With ``tr.lazy`` (one process on a
+    GPU) there is no collective: the loss stays on the device and the step time is the host's."""
     dev = tr.device
+    if tr.lazy:
+        tr.t_coll = time.perf_counter()
+        loss = step_loss.detach().float() if torch.is_tensor(step_loss) else torch.tensor(float(step_loss))
+        return StepResult(loss=loss, step_time=tr.t_coll - tr.t0 + tr.tail, stop=tr.stop.flag)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     loss = step_loss.item() if torch.is_tensor(step_loss) else float(step_loss)
@@ -505,9 +545,21 @@ def clip_gradients(tr: Trainer, parameters=None) -> torch.Tensor:
     return torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
 
 
-def check_finite(tr: Trainer, loss: float, grad_norm: Optional[torch.Tensor], lr: float) -> None:
+def check_finite(tr: Trainer, loss, grad_norm: Optional[torch.Tensor], lr: float) -> None:
     """TrainingDiverged, before any update is applied, when the loss or the gradient norm is not finite (with
-    fp16, GradScaler handles its own overflows by skipping the step)."""
+    fp16, GradScaler handles its own overflows by skipping the step). With ``tr.lazy`` the check is noted on the
+    device and :func:`read_back` raises at the next log step, checkpoint or validation, so a diverged model is
+    never saved."""
+    if tr.lazy:
+        loss = torch.as_tensor(loss, device=tr.device)
+        bad = ~torch.isfinite(loss)
+        if tr.scaler is None and grad_norm is not None:
+            bad = bad | ~torch.isfinite(grad_norm.to(tr.device))
+        if tr.diverged is None:
+            tr.diverged = torch.full((), -1, dtype=torch.long, device=tr.device)
+        tr.diverged = torch.where(bad & (tr.diverged < 0), tr.state.step, tr.diverged)
+        return
+    loss = float(loss)
     bad = None if math.isfinite(loss) else f"the loss became {loss}"
     if bad is None and tr.scaler is None and grad_norm is not None and not torch.isfinite(grad_norm):
         bad = f"the gradient norm became {grad_norm.item()} (loss {loss:.4g})"
@@ -517,6 +569,20 @@ def check_finite(tr: Trainer, loss: float, grad_norm: Optional[torch.Tensor], lr
             f"{bad} at step {tr.state.step} (lr {lr:.3g}); this step's update was not applied and nothing "
             f"saved was changed. Last good checkpoint: {good or 'none yet'}. Try a lower "
             f"train.lr, a smaller train.grad_clip, or train.precision=fp32.")
+
+
+def read_back(tr: Trainer, lr: float) -> None:
+    """With ``tr.lazy``: raise the TrainingDiverged that :func:`check_finite` noted on the device, if any."""
+    if tr.diverged is None:
+        return
+    step = int(tr.diverged.item())
+    if step >= 0:
+        good = ck.newest_intact(tr.ckpt_root)
+        raise TrainingDiverged(
+            f"the loss or the gradient norm became non-finite at step {step} (lr {lr:.3g}; on a GPU this is read "
+            f"back every train.log_every steps, so the model was updated until step {tr.state.step}); nothing "
+            f"was saved after it. Last good checkpoint: {good or 'none yet'}. Try a lower train.lr, a smaller "
+            "train.grad_clip, or train.precision=fp32.")
 
 
 def apply_gradients(tr: Trainer, optimizers: Optional[list] = None) -> None:
@@ -620,7 +686,7 @@ class _Window:
 
     def record(self, state: LoopState, lr: float) -> dict:
         """The metrics record of the window; starts a new one."""
-        rec = {"step": state.step, "loss": self.loss / self.n, "lr": lr,
+        rec = {"step": state.step, "loss": float(self.loss) / self.n, "lr": lr,
                "images_per_s": self.images / max(self.time, 1e-9), "time_used": state.time_used}
         self.loss, self.n, self.time, self.images = 0.0, 0, 0.0, 0
         return rec
@@ -658,9 +724,9 @@ def _collective_end(tr: Trainer) -> float:
     return tr.t_coll
 
 
-def _clock(dev: torch.device) -> float:
-    """perf_counter once the device's queued work is done."""
-    if dev.type == "cuda":
+def _clock(dev: torch.device, lazy: bool = False) -> float:
+    """perf_counter once the device's queued work is done (at once with ``lazy``)."""
+    if dev.type == "cuda" and not lazy:
         torch.cuda.synchronize(dev)
     return time.perf_counter()
 
@@ -707,6 +773,8 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     torch.manual_seed(mix_seed(t.seed, 3, info.rank))
     optimizers = configure_optimizers(method, model, t)
+    if t.compile:
+        compile_model(model)
     autocast, scaler = autocast_for(dev, t.precision)
     state = LoopState()
 
@@ -730,7 +798,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
     tr = Trainer(cfg=cfg, method=method, model=model, ddp_model=wrap_ddp(model, info), ema=ema,
                  optimizers=optimizers, dist=info, data=train_data, val_data=val_data, run_dir=run_dir,
                  state=state, scaler=scaler, autocast=autocast, data_info=describe_data(train_data, model),
-                 stop=stop)
+                 stop=stop, lazy=reads_back_lazily(info))
     step = getattr(method, "train_step", None) or train_step
     metrics_path = run_dir / "metrics.jsonl"
     write_metrics = functools.partial(_append_jsonl, metrics_path) if info.is_main else (lambda rec: None)
@@ -745,10 +813,10 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
         bar = _progress_bar(t, state, budget_s) if progress and info.is_main else None
         try:
             while not _budget_used(t, state, budget_s):
-                tr.t0, tr.t_coll = _clock(dev), None
+                tr.t0, tr.t_coll = _clock(dev, tr.lazy), None
                 lr = lr_at(cfg, state.step, _progress(t, state, budget_s))
                 out = step(tr, lr)
-                tr.tail = _clock(dev) - _collective_end(tr)
+                tr.tail = _clock(dev, tr.lazy) - _collective_end(tr)
                 state.step += 1
                 faults.point(f"step.{state.step}")
                 state.samples_seen += t.batch_size
@@ -759,6 +827,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
                 _advance_bar(bar, t, state)
                 if state.step % t.log_every == 0 or finishing:
                     rec = window.record(state, lr)
+                    read_back(tr, lr)
                     write_metrics(rec)
                     history.append(rec)
                     if bar is not None:
@@ -766,6 +835,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
                                         step=state.step, refresh=False)
 
                 if out.stop:  # Ctrl-C / SIGTERM: save at once (torchrun kills workers 30 s later), then leave
+                    read_back(tr, lr)
                     if info.is_main:
                         last_ckpt = save_run_checkpoint(tr)
                         log(f"saved {last_ckpt}; continue with --resume")
@@ -773,6 +843,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
                     interrupted = True
                     break
                 if (t.val_every and state.step % t.val_every == 0) or finishing:
+                    read_back(tr, lr)
                     v = validate(tr, ema)
                     if v is not None:
                         write_metrics({"step": state.step, "val_loss": v, "time_used": state.time_used})
@@ -782,6 +853,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
                             if info.is_main:
                                 save_run_checkpoint(tr, "best")
                 if info.is_main and ((t.ckpt_every and state.step % t.ckpt_every == 0) or finishing):
+                    read_back(tr, lr)
                     last_ckpt = save_run_checkpoint(tr)
                 if info.is_main:
                     for cb in callbacks:
