@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -46,13 +44,13 @@ import torch
 
 from genlab.data import load_dataset, to_model
 from genlab.diffusion.samplers import heun_steps_for
-from genlab.report.compare import (fid_nfe_plot, is_finished, load_results, markdown_table, open_results, row_key,
-                                   save_results, table_rows, train_or_reuse)
+from genlab.report.compare import fid_nfe_plot, load_results, markdown_table, open_results, row_key, save_results, \
+    table_rows
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # peers/, throughput.machine()
-from peers import get_peer, train_or_reuse_peer  # noqa: E402
-from peers.common import Variant, count_params, to_levels  # noqa: E402
-from peers.common import cached_record, signature  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # peers/, quality.py, throughput.machine()
+from peers import get_peer  # noqa: E402
+from peers.common import Variant  # noqa: E402
+from quality import GenlabSystem, QualityBench, RowSpec, jsonable, log  # noqa: E402,F401
 
 LEVELS = 17                # digits: integer levels 0..16
 SHAPE = (1, 8, 8)
@@ -61,98 +59,29 @@ FAMILIES = ("genlab", "diffusers", "ddpm-pytorch")
 GENLAB = Variant("genlab", "genlab", None, "digits_ddpm config")
 
 
-def log(msg: str = "") -> None:
-    print(msg, flush=True)
-
-
-def jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    return obj
-
-
 # ------------------------------------------------------------------------------------------------ genlab
 
-class GenlabSystem:
-    """genlab's side of B1, with the peers' interface: ``digits_ddpm`` trained by compare's train_or_reuse."""
-    family = "genlab"
+def genlab_system(overrides, threads: int, out: Path) -> GenlabSystem:
+    """genlab's side of B1, with the peers' interface: ``digits_ddpm`` trained by compare's train_or_reuse into
+    ``out/runs/NAME``."""
+    overrides = list(overrides)
 
-    def __init__(self, overrides, threads: int = 2):
-        self.overrides, self.threads = list(overrides), threads
-
-    def variants(self) -> list[Variant]:
-        return [GENLAB]
-
-    def train_overrides(self, budget: float) -> list[str]:
+    def train_overrides(budget: float) -> list[str]:
         # data.val_size=0: genlab trains on the whole 1437-image B1 train split, like the peers (B1 picks no
         # checkpoint, so no validation subset is needed)
-        return [f"train.time_budget={budget:g}s", f"train.num_threads={self.threads}", "train.device=cpu",
-                "data.val_size=0", *self.overrides]
+        return [f"train.time_budget={budget:g}s", f"train.num_threads={threads}", "train.device=cpu",
+                "data.val_size=0", *overrides]
 
-    def config(self, budget: float):
-        from genlab.api import resolve_config
+    def details(cfg) -> str:
+        return (f"genlab UNet width {cfg.model.width} mults {cfg.model.channel_mults}, "
+                f"{cfg.diffusion.prediction}-prediction, {cfg.diffusion.schedule} schedule, "
+                f"loss weight {cfg.diffusion.loss_weight}, "
+                f"AdamW lr {cfg.train.lr:g}, EMA {cfg.train.ema_decay}, "
+                f"trains on the whole 1437-image train split (data.val_size=0)")
 
-        return resolve_config("digits_ddpm", self.train_overrides(budget))
-
-    def network(self) -> torch.nn.Module:
-        from genlab.methods import get_method
-
-        return get_method(self.config(60)).build_model(SHAPE, 0)
-
-    def describe(self) -> dict:
-        cfg = self.config(60)
-        return {"params": count_params(self.network()), "lr": cfg.train.lr, "batch_size": cfg.train.batch_size,
-                "config": "digits_ddpm", "overrides": self.overrides,
-                "details": (f"genlab UNet width {cfg.model.width} mults {cfg.model.channel_mults}, "
-                            f"{cfg.diffusion.prediction}-prediction, {cfg.diffusion.schedule} schedule, "
-                            f"loss weight {cfg.diffusion.loss_weight}, "
-                            f"AdamW lr {cfg.train.lr:g}, EMA {cfg.train.ema_decay}, "
-                            f"trains on the whole 1437-image train split (data.val_size=0)")}
-
-    def cached(self, variant: Variant, budget: float, out: Path) -> bool:
-        return is_finished(out / "runs" / record_name(variant, budget), self.config(budget))
-
-    def train(self, variant: Variant, budget: float, out: Path) -> tuple[dict, bool]:
-        """(record, trained now): the run ``out/runs/NAME`` trained, resumed or reused."""
-        from genlab.train import checkpoint as ck
-
-        t = train_or_reuse(record_name(variant, budget), "digits_ddpm", self.train_overrides(budget), out / "runs",
-                           progress=False, budget_label=f"{budget:g} s of training steps", log_prefix="[b1]")
-        state = ck.read_state(ck.resolve_checkpoint(t.run_dir))       # the latest checkpoint: what B1 samples
-        losses = []
-        try:
-            for line in (t.run_dir / "metrics.jsonl").read_text().splitlines():
-                rec = json.loads(line) if line.strip() else {}
-                if "loss" in rec:
-                    losses.append(rec["loss"])
-        except (OSError, ValueError):
-            pass
-        return {"steps": state["step"], "images": state["samples_seen"], "time_used": state["time_used"],
-                "final_loss": losses[-1] if losses else None, "run_dir": str(t.run_dir),
-                "train_id": f"{state['step']}:{state['time_used']:.6f}"}, t.trained
-
-    def sampler(self, rec: dict):
-        return GenlabSampler(Path(rec["run_dir"]))
-
-
-class GenlabSampler:
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
-
-    def sample(self, n, sampler, steps, seed, use_ema, batch_size):
-        import genlab.api
-
-        x, nfe, _ = genlab.api.sample(self.run_dir, n=n, sampler=sampler, steps=steps, seed=seed, use_ema=use_ema,
-                                      batch_size=batch_size, device="cpu", progress=False)
-        return to_levels(x, LEVELS), nfe, sampler
+    return GenlabSystem("digits_ddpm", train_overrides, lambda v, b: out / "runs" / record_name(v, b),
+                        shape=SHAPE, levels=LEVELS, details=details, variant=GENLAB, extra_overrides=overrides,
+                        log_prefix="[b1]")
 
 
 # ------------------------------------------------------------------------------------------------ the matrix
@@ -160,30 +89,6 @@ class GenlabSampler:
 def record_name(variant: Variant, budget: float) -> str:
     """A training's name: its record in results.json, genlab's run directory, a peer's weights directory."""
     return f"{variant.name}-{budget:g}s"
-
-
-@dataclass(frozen=True)
-class RowSpec:
-    variant: Variant
-    budget: float
-    weights: str           # ema | raw
-    sampler: str           # ddim | ddpm | dpmpp-2m | heun
-    steps: int
-    key: bool              # a key row: all --seeds sampling seeds
-
-    @property
-    def id(self) -> str:
-        """For logs and grid file names: ``genlab@60s/ema/ddim-50``."""
-        return f"{self.variant.name}@{self.budget:g}s/{self.weights}/{self.sampler}-{self.steps}"
-
-    @property
-    def opts(self) -> dict:
-        """The row's sampling options: its key in the record's rows (compare.row_key)."""
-        return {"sampler": self.sampler, "steps": self.steps, "use_ema": self.weights == "ema"}
-
-    @property
-    def label(self) -> str:
-        return f"{self.sampler}-{self.steps}" + ("" if self.weights == "ema" else " raw")
 
 
 def rows_for(variant: Variant, budget: float) -> list[RowSpec]:
@@ -197,22 +102,21 @@ def rows_for(variant: Variant, budget: float) -> list[RowSpec]:
     return rows
 
 
-def sample_seed(k: int) -> int:
-    """Sampling seed k: genlab gives sample i the seed base + i, the peers seed each batch with base + offset."""
-    return 1_000_000 * k
-
-
 MEANS = ("fid_all", "precision", "recall", "entropy", "confidence", "dup_fraction")
 
 
-class Bench:
+class Bench(QualityBench):
+    """B1 on the shared quality runner (benchmarks/quality.py): digits data, its evaluation and its cache."""
+    shape, levels = SHAPE, LEVELS
+    fid_key = "fid_train"
+    means = MEANS
+
     def __init__(self, args):
         self.args = args
-        self.out = Path(args.out)
-        self.results_path = self.out / "results.json"
-        self.results = self._load_results()
-        self.systems = {}
-        self.descriptions = {}
+        out = Path(args.out)
+        self.out = out
+        self.results_path = out / "results.json"
+        super().__init__(args, out, self._load_results())
         self.data = None
 
     # -------------------------------------------------------------- cache
@@ -246,107 +150,29 @@ class Bench:
             self.data = to_model(ds.x, LEVELS)  # the 1437-image B1 train split in [-1, 1]
         return self.data
 
-    def system(self, family: str):
-        if family not in self.systems:
-            a = self.args
-            self.systems[family] = GenlabSystem(a.genlab_overrides, a.threads) if family == "genlab" else \
-                get_peer(family, batch_size=a.batch_size, shape=SHAPE, levels=LEVELS)
-        return self.systems[family]
+    def make_system(self, family: str):
+        a = self.args
+        return genlab_system(a.genlab_overrides, a.threads, self.out) if family == "genlab" else \
+            get_peer(family, batch_size=a.batch_size, shape=SHAPE, levels=LEVELS)
 
-    def variants(self, family: str) -> list[Variant]:
-        return self.system(family).variants()
-
-    def describe(self, family: str) -> dict:
-        if family not in self.descriptions:
-            self.descriptions[family] = self.system(family).describe()
-        return self.descriptions[family]
-
-    def cached(self, v: Variant, budget: float) -> bool:
-        """Whether this training is finished on disk (genlab's done.json, a peer's done.json)."""
-        fam = self.system(v.family)
-        if v.family == "genlab":
-            return fam.cached(v, budget, self.out)
-        return cached_record(self.out / "weights" / record_name(v, budget), signature(fam, v, budget)) is not None
-
-    def trained(self, v: Variant, budget: float) -> dict:
-        """The training's record in results.json, trained (or reused from disk) first."""
-        name = record_name(v, budget)
-        desc = self.describe(v.family)
-        lr = v.lr if v.lr is not None else desc.get("lr")
-        fresh = not self.cached(v, budget)
-        if fresh:
-            log(f"training {v.name} (lr {lr:g}, batch {desc['batch_size']}, {desc['params']:,} parameters) "
-                f"for {budget:g}s of training steps ...")
-        t0 = time.time()
-        torch.set_num_threads(self.args.threads)
-        if v.family == "genlab":
-            info, trained = self.system("genlab").train(v, budget, self.out)
-        else:
-            info, trained = train_or_reuse_peer(self.system(v.family), v, budget, self.out / "weights" / name,
-                                                self.train_data())
-        torch.set_num_threads(self.args.threads)
-        rec = self.results.get(name)
-        if trained or rec is None or rec.get("train_id") != info["train_id"]:
-            rec = self.results[name] = {"name": name, "rows": {}}     # rows of an older training are stale
-        rec.update({**info, "label": v.name, "variant": v.name, "family": v.family, "method": "diffusion",
-                    "recipe": v.recipe, "lr": lr, "budget": budget, "params": desc["params"],
-                    "batch_size": desc["batch_size"], "details": desc["details"],
-                    "train_images_per_s": info["images"] / max(info["time_used"], 1e-9),
-                    "test_bpd": None, "test_bpd_sem": None, "bpd_kind": "none"})
-        if trained:
-            rec.update({"wall_s": time.time() - t0, "date": datetime.datetime.now().isoformat(timespec="seconds")})
-            self.save()
-            log(f"  trained {name}: {rec['steps']} steps, {rec['images']:,} images seen, {rec['time_used']:.1f}s of "
-                f"training steps ({rec['steps'] / max(rec['time_used'], 1e-9):.1f} steps/s), final loss "
-                f"{rec['final_loss'] if rec['final_loss'] is None else round(rec['final_loss'], 4)}, "
-                f"wall {rec['wall_s']:.0f}s")
-        return rec
+    def record_name(self, variant: Variant, budget: float) -> str:
+        return record_name(variant, budget)
 
     def evaluate(self, levels: np.ndarray) -> dict:
         from genlab.eval.evaluate import evaluate_samples
 
         return evaluate_samples(levels, data="digits", seed=0)
 
-    def run_row(self, spec: RowSpec) -> dict:
-        a = self.args
-        rec = self.trained(spec.variant, spec.budget)
-        key = row_key(spec.opts)
-        row = rec["rows"].get(key)
-        want = a.seeds if spec.key else 1
-        if row is not None and len(row["evals"]) >= want:
-            return row
-        if row is None:
-            row = {"opts": spec.opts, "sampler": spec.label, "key": spec.key, "evals": []}
-        sampler = self.system(spec.variant.family).sampler(rec)
-        torch.set_num_threads(a.threads)
-        for k in range(len(row["evals"]), want):
-            t0 = time.perf_counter()
-            levels, nfe, label = sampler.sample(a.n, spec.sampler, spec.steps, sample_seed(k), spec.weights == "ema",
-                                                a.sample_batch)
-            secs = time.perf_counter() - t0
-            if k == 0:
-                from genlab.report.images import save_grid
+    def row_stats(self, row: dict) -> dict:
+        return {"matched_ratio": float(np.mean([e["matched"]["ratio"] for e in row["evals"]]))}
 
-                save_grid(to_model(levels[:64], LEVELS), self.out / "grids" / (spec.id.replace("/", "_") + ".png"),
-                          nrow=8)
-            t1 = time.perf_counter()
-            ev = self.evaluate(levels.numpy())
-            row["evals"].append({"seed": sample_seed(k), "sample_s": secs, "eval_s": time.perf_counter() - t1,
-                                 **jsonable(ev)})
-            row.update({"nfe": nfe, "sampler_label": label})
-        fids = [e["fid_train"] for e in row["evals"]]
-        row.update({"fid": float(np.mean(fids)), "fid_std": float(np.std(fids, ddof=1)) if len(fids) > 1 else None,
-                    "matched_ratio": float(np.mean([e["matched"]["ratio"] for e in row["evals"]])),
-                    "seconds_per_1000": row["evals"][0]["sample_s"] * 1000 / a.n,
-                    **{m: float(np.mean([e[m] for e in row["evals"]])) for m in MEANS}})
-        rec["rows"][key] = row
-        self.save()
+    def row_message(self, spec: RowSpec, row: dict) -> str:
         e0 = row["evals"][0]
+        fids = row["evals"]
         spread = f" +- {row['fid_std']:.3f} ({len(fids)} seeds)" if row["fid_std"] is not None else ""
-        log(f"  row {spec.id}: FID train {row['fid']:.3f}{spread}, matched ratio "
-            f"{e0['matched']['ratio']:.2f}, FID all {e0['fid_all']:.3f}, entropy {e0['entropy']:.3f}, "
-            f"dup {e0['dup_fraction']:.3f}, {row['nfe']} evals/sample, {row['seconds_per_1000']:.1f}s per 1000")
-        return row
+        return (f"  row {spec.id}: FID train {row['fid']:.3f}{spread}, matched ratio "
+                f"{e0['matched']['ratio']:.2f}, FID all {e0['fid_all']:.3f}, entropy {e0['entropy']:.3f}, "
+                f"dup {e0['dup_fraction']:.3f}, {row['nfe']} evals/sample, {row['seconds_per_1000']:.1f}s per 1000")
 
     def sanity(self) -> None:
         from genlab.eval.evaluate import sanity_samples
@@ -400,19 +226,8 @@ class Bench:
         measured forward pass of each network (batch of --sample-batch) times evaluations, plus evaluation."""
         a = self.args
         per_eval = {}  # seconds per network evaluation of 1000 images
-        torch.set_num_threads(a.threads)
         for fam in a.systems:
-            net = self.system(fam).network().eval()
-            x = torch.randn(min(a.sample_batch, a.n), *SHAPE)
-            t = torch.full((len(x),), 500, dtype=torch.long)
-            times = []
-            with torch.inference_mode():
-                net(x, t)
-                for _ in range(3):
-                    t0 = time.perf_counter()
-                    net(x, t)
-                    times.append(time.perf_counter() - t0)
-            per_eval[fam] = min(times) * 1000 / len(x)
+            per_eval[fam] = self.forward_seconds(fam, min(a.sample_batch, a.n)) * 1000
         train_s, sample_s, n_rows = 0.0, 0.0, 0
         top = max(a.budgets)
         for fam in a.systems:

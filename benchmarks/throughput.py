@@ -41,6 +41,13 @@ from genlab.rng import StepRNG, mix_seed
 from genlab.train.loop import build_optimizer, ema_decay_at, ema_update
 
 MODELS = ("genlab", "diffusers")
+# --case: a preset of config and image shape. digits8 trains on the real digits; the others on random levels of
+# their shape (speed does not depend on the pixels), so they need no dataset on disk.
+CASES = {
+    "digits8": {"config": "digits_ddpm", "shape": None},
+    "mnist28": {"config": "mnist_ddpm", "shape": (1, 28, 28)},
+    "rgb32": {"config": "folder_ddpm", "shape": (3, 32, 32)},
+}
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -79,6 +86,37 @@ def diffusers_unet(cfg, shape):
         attention_head_dim=max(1, first_attn // m.num_heads),
         resnet_time_scale_shift="scale_shift", dropout=m.dropout,
     )
+
+
+def synthetic_data(shape, n: int = 4096, seed: int = 0):
+    """An ImageDataset of ``n`` random 256-level images of ``shape`` (what the 28x28 and 32x32 cases train on)."""
+    from genlab.data import ImageDataset
+
+    g = torch.Generator().manual_seed(seed)
+    return ImageDataset(torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g), None, 256, 0,
+                        name="synthetic")
+
+
+def sampling_speed(model, shape, batch: int, seconds: float, diffusers: bool) -> dict:
+    """Images per second of one network evaluation in inference mode (a sampler's step) at ``batch``."""
+    model.eval()
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
+    t = torch.full((batch,), 500, dtype=torch.long)
+    times = []
+    with torch.inference_mode():
+        for i in range(100000):
+            t0 = time.perf_counter()
+            out = model(x, t)
+            if diffusers:
+                out = out.sample
+            dt = time.perf_counter() - t0
+            if i:                                 # the first call is a warm-up
+                times.append(dt)
+            if sum(times) >= seconds and len(times) >= 3:
+                break
+    model.train()
+    med = statistics.median(times)
+    return {"batch": batch, "calls": len(times), "s_per_eval_median": med, "images_per_s_per_eval": batch / med}
 
 
 def count_params(model) -> int:
@@ -201,7 +239,15 @@ def profile(runner, steps, rows=15):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.width=64")
-    ap.add_argument("--config", default="digits_ddpm", help="config name or YAML path (default: digits_ddpm)")
+    ap.add_argument("--case", choices=sorted(CASES), default="digits8",
+                    help="digits8 (digits_ddpm on the digits, default), mnist28 (mnist_ddpm, 1x28x28) or rgb32 "
+                         "(folder_ddpm, 3x32x32); the last two on random pixels")
+    ap.add_argument("--config", default=None, help="config name or YAML path (default: the case's)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also measure genlab's UNet under torch.compile (model 'genlab-compiled')")
+    ap.add_argument("--sample-batch", type=int, default=250,
+                    help="batch of the sampling measurement (images/s per network evaluation); 0 skips it")
+    ap.add_argument("--sample-seconds", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--seconds", type=float, default=20.0, help="length of one measurement window (default 20)")
     ap.add_argument("--repeats", type=int, default=3, help="windows per model, interleaved (default 3)")
@@ -214,15 +260,21 @@ def main(argv=None):
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     ap.add_argument("--profile", action="store_true", help="after the windows, profile a few steps with torch.profiler")
     ap.add_argument("--profile-steps", type=int, default=5)
-    ap.add_argument("--profile-model", choices=(*MODELS, "both"), default="genlab")
+    ap.add_argument("--profile-model", choices=(*MODELS, "genlab-compiled", "both"), default="genlab")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    case = CASES[args.case]
+    args.config = args.config or case["config"]
     cfg = load_config(args.config, overrides=list(args.overrides))
     bs = args.batch_size or cfg.train.batch_size
     d = cfg.data
-    data = load_dataset(d.name, "train", root=d.root, image_size=d.image_size, channels=d.channels, labels=False,
-                        on_bad_image=d.on_bad_image, val_size=d.val_size, binarize=d.binarize, seed=cfg.train.seed)
+    if case["shape"] is None:
+        data = load_dataset(d.name, "train", root=d.root, image_size=d.image_size, channels=d.channels, labels=False,
+                            on_bad_image=d.on_bad_image, val_size=d.val_size, binarize=d.binarize,
+                            seed=cfg.train.seed)
+    else:
+        data = synthetic_data(case["shape"])
     shape = tuple(data.shape)
     method = get_method(cfg)
 
@@ -235,6 +287,14 @@ def main(argv=None):
         "diffusers": Runner("diffusers", d_model, lambda m, b, r: diffusers_loss(method, cfg, m, b, r),
                             cfg, data, bs, args.seed, args.loop_extras),
     }
+    models = MODELS
+    if args.compile:
+        torch.manual_seed(args.seed)
+        c_model = method.build_model(shape=shape, num_classes=0)
+        c_model.compile()        # as train.compile=true does (genlab.train.loop.compile_model)
+        runners["genlab-compiled"] = Runner("genlab-compiled", c_model, method.loss, cfg, data, bs, args.seed,
+                                            args.loop_extras)
+        models = (*MODELS, "genlab-compiled")
     params = {k: count_params(r.model) for k, r in runners.items()}
     print(f"parameters: genlab {params['genlab']:,}, diffusers {params['diffusers']:,} "
           f"({100 * (params['diffusers'] / params['genlab'] - 1):+.2f}%)", flush=True)
@@ -249,23 +309,31 @@ def main(argv=None):
         if args.warmup:
             print(f"warmup {k}: {args.warmup} steps in {time.perf_counter() - t0:.2f}s", flush=True)
 
-    windows = {k: [] for k in MODELS}
+    windows = {k: [] for k in models}
     for rep in range(args.repeats):
-        for k in MODELS:
+        for k in models:
             w = runners[k].window(args.seconds)
             windows[k].append(w)
             noisy = "  (noisy: slowest step > 2x the median; is something else using the CPUs?)" \
                 if w["step_s_max"] > 2 * w["step_s_median"] else ""
-            print(f"window {rep + 1}/{args.repeats} {k:9s}: {w['steps']:4d} steps, {w['images_per_s']:8.1f} images/s, "
+            print(f"window {rep + 1}/{args.repeats} {k:15s}: {w['steps']:4d} steps, {w['images_per_s']:8.1f} images/s, "
                   f"step median {1e3 * w['step_s_median']:.1f} ms (min {1e3 * w['step_s_min']:.1f}, "
                   f"max {1e3 * w['step_s_max']:.1f}){noisy}", flush=True)
 
     info = machine()
-    results = {"config": args.config, "overrides": list(args.overrides), "batch_size": bs, "threads": args.threads,
+    sampling = {}
+    if args.sample_batch:
+        for k in models:
+            sampling[k] = sampling_speed(runners[k].model, shape, args.sample_batch, args.sample_seconds,
+                                         diffusers=k == "diffusers")
+            print(f"sampling {k:15s}: {sampling[k]['images_per_s_per_eval']:8.1f} images/s per network evaluation "
+                  f"(batch {args.sample_batch}, median of {sampling[k]['calls']} calls)", flush=True)
+    results = {"case": args.case, "shape": list(shape), "config": args.config, "overrides": list(args.overrides),
+               "batch_size": bs, "threads": args.threads, "sampling": sampling,
                "seconds": args.seconds, "repeats": args.repeats, "warmup": args.warmup,
                "loop_extras": args.loop_extras, "machine": info, "models": {}}
     if args.repeats > 0:
-        for k in MODELS:
+        for k in models:
             ips = [w["images_per_s"] for w in windows[k]]
             med = statistics.median(ips)
             gflops = flops[k] / bs * med / 1e9 if flops[k] else None
@@ -277,18 +345,27 @@ def main(argv=None):
 
         print(f"\nmachine: {info['cpu']} ({info['cpu_count']} CPUs, {info['usable_cpus']} usable), "
               f"{info['platform']}, python {info['python']}, torch {info['torch']}")
-        print(f"config {args.config} {' '.join(args.overrides)}; {args.repeats} x {args.seconds:g}s windows per model, "
+        print(f"case {args.case} ({'x'.join(map(str, shape))}), config {args.config} {' '.join(args.overrides)}; "
+              f"{args.repeats} x {args.seconds:g}s windows per model, "
               f"interleaved; step = loss, backward, AdamW{' + clip + EMA' if args.loop_extras else ''}\n")
-        print("| model | parameters | batch | threads | images/s (median) | min-max | MFLOP/image | GFLOP/s | ratio |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for k in MODELS:
+        print("| model | parameters | batch | threads | train images/s (median) | min-max | MFLOP/image "
+              "(fwd+bwd) | GFLOP/s | ratio | sampling images/s per eval | ratio |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        d_ips = results["models"]["diffusers"]["images_per_s_median"]
+        d_smp = sampling.get("diffusers", {}).get("images_per_s_per_eval")
+        for k in models:
             m = results["models"][k]
             fpi = f"{m['flops_per_image'] / 1e6:.1f}" if m["flops_per_image"] else "-"
             gfs = f"{m['gflop_per_s']:.1f}" if m["gflop_per_s"] else "-"
-            r = f"{ratio:.3f}" if k == "genlab" else "1"
+            smp = sampling.get(k, {}).get("images_per_s_per_eval")
+            sr = f"{smp / d_smp:.3f}" if smp and d_smp else "-"
             print(f"| {k} | {m['parameters']:,} | {bs} | {args.threads} | {m['images_per_s_median']:.1f} | "
-                  f"{m['images_per_s_min']:.1f}-{m['images_per_s_max']:.1f} | {fpi} | {gfs} | {r} |")
-        print(f"\nratio genlab / diffusers (medians): {ratio:.3f} (target >= 1.0)")
+                  f"{m['images_per_s_min']:.1f}-{m['images_per_s_max']:.1f} | {fpi} | {gfs} | "
+                  f"{m['images_per_s_median'] / d_ips:.3f} | {f'{smp:.1f}' if smp else '-'} | {sr} |")
+        if "genlab-compiled" in results["models"]:
+            results["ratio_compiled_over_diffusers"] = \
+                results["models"]["genlab-compiled"]["images_per_s_median"] / d_ips
+        print(f"\nratio genlab / diffusers (medians): {ratio:.3f}")
 
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -296,7 +373,7 @@ def main(argv=None):
         print(f"wrote {args.json}")
 
     if args.profile:
-        for k in (MODELS if args.profile_model == "both" else (args.profile_model,)):
+        for k in (models if args.profile_model == "both" else (args.profile_model,)):
             profile(runners[k], args.profile_steps)
     return results
 

@@ -101,7 +101,12 @@ def _add_eval(sub):
                                    "levels or a directory of PNGs) for --data. Prints a table; --json writes all.")
     p.add_argument("--ckpt", default=None, help="run or checkpoint directory to sample from")
     p.add_argument("--samples", default=None, help="samples.npy (uint8 levels, N x C x H x W) or a PNG directory")
-    p.add_argument("--data", default=None, help="dataset the samples imitate (with --samples) [digits]")
+    p.add_argument("--data", default=None, help="dataset the samples imitate (with --samples): digits | mnist | "
+                                                "fashion-mnist | cifar10 | shapes | folder [digits]")
+    p.add_argument("--root", default=None,
+                   help="with --samples: the data directory (--data folder: the image folder); with --ckpt of a "
+                        "folder run: where its image folder is now, if it moved")
+    _folder_flags(p)
     p.add_argument("--n", type=int, default=1000, help="samples per seed [1000]")
     p.add_argument("--seeds", type=int, default=1, help="sampling seeds: report mean and spread [1]")
     p.add_argument("--raw", action="store_true", help="raw weights instead of EMA")
@@ -111,8 +116,9 @@ def _add_eval(sub):
     p.add_argument("--pairs", default=None, help="write the closest sample/training pairs to this PNG")
     p.add_argument("--json", default=None, help="write every number to this JSON file")
     p.add_argument("--bpd", action="store_true",
-                   help="also the test split's bits/dim (--ckpt only), as the method defines it: exact, a bound "
-                        "or an estimate (each method's likelihood kind)")
+                   help="also the test split's bits/dim (--ckpt only; a folder: its val split, as folders have no "
+                        "test split), as the method defines it: exact, a bound or an estimate (each method's "
+                        "likelihood kind)")
     p.add_argument("--draws", type=int, default=None,
                    help="with --bpd, for a likelihood that is estimated: Monte Carlo draws per image [the "
                         "method's default: any-order 16, diffusion all T terms of the bound]")
@@ -122,12 +128,31 @@ def _add_eval(sub):
     option_flags(p)
 
 
+def _folder_flags(p) -> None:
+    """The settings of an image folder that decide its splits (data.* of the run that trained on it)."""
+    g = p.add_argument_group("image folders (--data folder; the same values as the run's data.* settings)")
+    g.add_argument("--image-size", type=int, default=None, help="data.image_size (required for a folder)")
+    g.add_argument("--channels", type=int, default=None, help="data.channels: 1 or 3 [3]")
+    g.add_argument("--labels", action="store_true",
+                   help="data.labels=true: classes from sub-folders (a supervised feature network)")
+    g.add_argument("--val-size", type=int, default=None, help="data.val_size [10%% of the images]")
+    g.add_argument("--split-seed", type=int, default=None, help="data.split_seed [0]")
+
+
+FOLDER_FLAGS = ("image_size", "channels", "labels", "val_size", "split_seed")
+
+
 def _add_featnet(sub):
-    p = sub.add_parser("featnet", help="train the in-repo feature network of a dataset (for FID etc.)")
+    p = sub.add_parser("featnet", help="train the in-repo feature network of a dataset (for FID etc.)",
+                       description="Train the feature network of --data on its train split (checked on its test "
+                                   "split; a folder: rotation prediction, or its classes with --labels, checked "
+                                   "on its val split) into the cache ($GENLAB_CACHE/featnets). Example: genlab "
+                                   "featnet train --data folder --root DIR --image-size 32")
     p.add_argument("action", choices=["train"])
-    p.add_argument("--data", default="digits", help="digits | mnist | fashion-mnist | cifar10 [digits]")
-    p.add_argument("--root", default=None, help="data directory (mnist-style datasets, cifar10)")
+    p.add_argument("--data", default="digits", help="digits | mnist | fashion-mnist | cifar10 | folder [digits]")
+    p.add_argument("--root", default=None, help="data directory (mnist-style datasets, cifar10; folder: the images)")
     p.add_argument("--seed", type=int, default=0)
+    _folder_flags(p)
 
 
 def _add_compare(sub):
@@ -163,6 +188,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _folder_data(args, data: str):
+    """The image folder the flags describe (--data folder), or None for a named dataset (which takes no folder
+    flags)."""
+    given = [f"--{k.replace('_', '-')}" for k in FOLDER_FLAGS if getattr(args, k) not in (None, False)]
+    if data != "folder":
+        if given:
+            raise ValueError(f"{', '.join(given)} describe an image folder; they go with --data folder, not "
+                             f"--data {data}")
+        return None
+    from .eval.folder_featnet import FolderData
+
+    if args.root is None or args.image_size is None:
+        raise ValueError("--data folder needs --root DIR (the image folder) and --image-size S (the size the model "
+                         "was trained at, its data.image_size)")
+    return FolderData(root=args.root, image_size=args.image_size, channels=3 if args.channels is None else
+                      args.channels, labels=args.labels, split_seed=args.split_seed or 0, val_size=args.val_size)
+
+
+def _folder_run(run, args) -> None:
+    """Check (and with --root relocate) the image folder of a folder run before it is evaluated."""
+    from pathlib import Path
+
+    given = [f"--{k.replace('_', '-')}" for k in FOLDER_FLAGS if getattr(args, k) not in (None, False)]
+    if given:
+        raise ValueError(f"{', '.join(given)}: with --ckpt the data settings come from the run's config (data.*); "
+                         "only --root may say where a folder run's images are now")
+    d = run.config.data
+    if d.name != "folder":
+        if args.root:
+            raise ValueError(f"--root with --ckpt points to a folder run's images; this run was trained on {d.name}")
+        return
+    d.root = args.root or d.root
+    if not Path(str(d.root)).expanduser().is_dir():
+        raise FileNotFoundError(f"the run was trained on the image folder {d.root}, which is not a directory "
+                                "here; give its place with --root DIR")
+
+
 def _eval(args) -> None:
     import json
 
@@ -180,22 +242,28 @@ def _eval(args) -> None:
 
         check_options(t_samples=args.t_samples, draws=args.draws)
         run = load_run(args.ckpt, which=args.which, use_ema=not args.raw, device=args.device)
+        _folder_run(run, args)
         res = evaluate_checkpoint(args.ckpt, n=args.n, seeds=args.seeds, use_ema=not args.raw,
                                   batch_size=args.batch_size, pairs_png=args.pairs, run=run, **options_given(args))
         if args.bpd:
             from .eval.likelihood import bits_per_dim
 
-            b = bits_per_dim(run.method, run.model, load_data(run.config, "test"),
-                             batch_size=min(args.batch_size, 256),
+            split = "val" if run.config.data.name == "folder" else "test"     # folders have no test split
+            ds = load_data(run.config, split)
+            if not len(ds):
+                raise ValueError(f"the {split} split of {run.config.data.root} is empty (fewer than 10 images, or "
+                                 "data.val_size=0): bits/dim needs held-out images")
+            b = bits_per_dim(run.method, run.model, ds, batch_size=min(args.batch_size, 256),
                              draws=args.draws if args.t_samples is None else args.t_samples)
-            res.update({"test_" + k: v for k, v in b.items()})
+            res.update({f"{split}_{k}": v for k, v in b.items()})
         title = (f"{res['checkpoint']} (step {res['step']}, {res['weights']} weights): {res['sampler']}, "
                  f"{res['nfe']} evaluations, {res['n']} samples x {res['seeds']} seed(s)")
     else:
-        data = args.data or "digits"
-        x = load_samples(args.samples, data)
-        res = evaluate_samples(x, data, pairs_png=args.pairs)
-        res.update({"samples": args.samples, "data": data})
+        name = args.data or "digits"
+        data = _folder_data(args, name) or name
+        x = load_samples(args.samples, data, args.root)
+        res = evaluate_samples(x, data, root=args.root, pairs_png=args.pairs)
+        res.update({"samples": args.samples, "data": name, **({"root": args.root} if args.root else {})})
         title = f"{args.samples} ({len(x)} samples of {data})"
     print(format_report(res, title))
     if args.json:
@@ -307,8 +375,15 @@ def _run(args) -> int:
         from .config import check_options
 
         check_options(seed=args.seed)
-        train_featnet(args.data, root=args.root, seed=args.seed)
-        print(f"saved under {default_cache_dir()}")
+        folder = _folder_data(args, args.data)
+        if folder is not None:
+            from .eval.folder_featnet import train_folder_featnet
+
+            fx = train_folder_featnet(folder, seed=args.seed)
+            print(f"saved in {fx.info['dir']}")
+        else:
+            train_featnet(args.data, root=args.root, seed=args.seed)
+            print(f"saved under {default_cache_dir()}")
     elif args.command == "compare":
         from .report.compare import run as compare
 

@@ -359,8 +359,10 @@ def train(config: Union[str, Config, None] = None, overrides: Sequence[str] = ()
         from .eval.features import SPECS
 
         if cfg.data.name not in SPECS:
+            hint = ("; evaluate a folder run's checkpoints after training with `genlab eval --ckpt RUN` (its "
+                    "feature network is trained on the folder then)") if cfg.data.name == "folder" else ""
             raise ValueError(f"train.eval_every needs a feature network, and there is none for data "
-                             f"{cfg.data.name!r} (available: {', '.join(SPECS)})")
+                             f"{cfg.data.name!r} during training (available: {', '.join(SPECS)}){hint}")
         callbacks.append(Callback(_eval_callback, every=cfg.train.eval_every))
     # every check that can fail comes before this line: --force replaces the old run only now
     run_dir, lock = prepare_run_dir(name, runs_root=runs_root, resume=resume, force=force, rank=_rank())

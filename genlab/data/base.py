@@ -137,6 +137,8 @@ def split_indices(order: np.ndarray, split: str, val_size: int) -> np.ndarray:
     "train+val" all of it.  ("test" is handled by each loader.)
     """
     n = len(order)
+    if split == "train+val":               # the whole train split, whatever the size of the validation subset
+        return order
     if not isinstance(val_size, (int, np.integer)) or isinstance(val_size, bool) or not 0 <= val_size < n:
         raise ValueError(f"val_size must be an integer in 0..{n - 1} (the train split has {n} images), got {val_size!r}")
     cut = n - int(val_size)

@@ -22,11 +22,16 @@ from ..data import from_model, load_dataset
 from ..data.images import read_image
 from . import metrics as M
 from .features import FeatureExtractor, load_featnet
+from .folder_featnet import FolderData, folder_reference
 
 
 @functools.lru_cache(maxsize=4)
 def reference(data: str = "digits", root: Optional[str] = None) -> dict:
-    """Real images and their features: the train split (train + val: the B1 train split), test, and all."""
+    """Real images and their features: the train split (train + val: the B1 train split), test, and all. For an
+    image folder (``data`` a :class:`~genlab.eval.folder_featnet.FolderData`), its train split and, in the place
+    of test, its val split (:func:`~genlab.eval.folder_featnet.folder_reference`)."""
+    if isinstance(data, FolderData):
+        return folder_reference(data)
     fx = load_featnet(data, root=root)
     train = load_dataset(data, "train+val", root=root, labels=True)
     test = load_dataset(data, "test", root=root, labels=True)
@@ -155,13 +160,15 @@ def evaluate_samples(levels, data: str = "digits", *, seed: int = 0, root: Optio
     if pairs_png:
         M.save_closest_pairs(x, ref["train"].x.numpy(), mem, pairs_png, levels=ref["levels"])
     matched = M.matched_n_fid(ref["f_train"], ref["f_test"], f, n=min(len(ref["f_test"]), len(f)), seed=seed)
-    cs = M.class_stats(p)
+    # a rotation network's probabilities are rotations, not classes: no class statistics for it
+    cs = M.class_stats(p) if getattr(fx, "task", "classes") == "classes" else \
+        dict.fromkeys(("entropy", "max_entropy", "confidence"))
     return {"n": len(x), "fid_train": M.fid_from_stats(stats, ref["stats_train"]),
             "fid_all": M.fid_from_stats(stats, ref["stats_all"]), "matched": matched,
             "kid_mean": kid_m, "kid_std": kid_s, "precision": prec, "recall": rec,
             "dup_fraction": mem["exact_duplicate_fraction"], "nn_pixel": mem["pixel_nn_mean"],
             "nn_feature": mem.get("feature_nn_mean"), "entropy": cs["entropy"], "max_entropy": cs["max_entropy"],
-            "confidence": cs["confidence"], "featnet_test_accuracy": fx.test_accuracy}
+            "confidence": cs["confidence"], "heldout": ref.get("heldout", "test split"), **fx.summary()}
 
 
 def sanity_samples(data: str = "digits", root: Optional[str] = None, seed: int = 0) -> dict:
@@ -215,6 +222,7 @@ def evaluate_run(cfg, method, model, state, *, n: int = 1000, seeds: int = 1, us
     opts = {k: v for k, v in opts.items() if v is not None}
     typed = method.options(**opts)       # a clear error for an option of another method
     data, levels = state["data"]["name"], state["data"]["levels"]
+    target = FolderData.from_config(cfg.data) if data == "folder" else data   # a folder: known by its config
     dev = next(model.parameters()).device
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -223,10 +231,11 @@ def evaluate_run(cfg, method, model, state, *, n: int = 1000, seeds: int = 1, us
         t0 = time.perf_counter()
         x, nfe = method.sample(model, n, seed=k * n, batch_size=batch_size, device=dev, **opts)
         secs.append(time.perf_counter() - t0)
-        runs.append(evaluate_samples(from_model(x, levels).numpy(), data, seed=k,
+        runs.append(evaluate_samples(from_model(x, levels).numpy(), target, seed=k, root=cfg.data.root,
                                      pairs_png=pairs_png if k == 0 else None))
     mem, mem_kind = _peak_memory_mb(dev)
     out = summarize(runs)
+    out.update({k: v for k, v in runs[0].items() if isinstance(v, str)})    # labels: held-out split, featnet task
     out.update({"checkpoint": state["path"], "step": state["step"], "data": data, "n": n, "seeds": seeds,
                 "method": cfg.method, "sampler": method.sampling_label(typed),
                 "steps": getattr(typed, "steps", None), "nfe": nfe,
@@ -247,17 +256,28 @@ def format_report(res: dict, title: str = "") -> str:
 
     m = res.get("matched", {})
     rows = [("FID vs train split (headline)", val("fid_train")), ("FID vs all images", val("fid_all")),
-            (f"FID of {m.get('n', '?')}-sample subsets vs train / real-vs-real floor",
+            (f"FID of {m.get('n', '?')}-sample subsets vs train / real-vs-real floor "
+             f"({res.get('heldout', 'test split')} vs train)",
              f"{m.get('fake_subset_mean', float('nan')):.3f} / {m.get('floor', float('nan')):.3f} "
              f"(ratio {m.get('ratio', float('nan')):.2f})"),
             ("KID vs train", val("kid_mean", "{:.5f}")), ("precision / recall",
                                                            f"{val('precision')} / {val('recall')}"),
-            ("class entropy (max ln 10 = 2.303)", val("entropy")), ("classifier confidence", val("confidence")),
+            (f"class entropy (max ln {round(math.exp(res.get('max_entropy') or math.log(10)))} = "
+             f"{res.get('max_entropy') or math.log(10):.3f})", val("entropy")),
+            ("classifier confidence", val("confidence")),
             ("identical to a training image", val("dup_fraction", "{:.4f}")),
             ("mean nearest-train distance (pixels)", val("nn_pixel")),
             ("feature network test accuracy", val("featnet_test_accuracy", "{:.4f}"))]
+    if "featnet_val_accuracy" in res:           # an image folder's network (no test split, maybe no classes)
+        rotation = res.get("featnet_task") == "rotation"
+        drop = ("class", "feature network test") if rotation else ("feature network test",)
+        rows = [r for r in rows if not r[0].startswith(drop)]
+        task = "rotation prediction" if rotation else "classes"
+        rows.append((f"feature network val accuracy ({task})", val("featnet_val_accuracy", "{:.4f}")))
     if "test_bpd" in res:
         rows.append((f"test bits/dim ({res['test_n']} images)", f"{res['test_bpd']:.4f} ± {res['test_bpd_sem']:.4f}"))
+    if "val_bpd" in res:                        # an image folder: no test split
+        rows.append((f"val split bits/dim ({res['val_n']} images)", f"{res['val_bpd']:.4f} ± {res['val_bpd_sem']:.4f}"))
     if "nfe" in res:
         rows += [("network evaluations per sample", str(res["nfe"])),
                  ("seconds per 1000 samples", f"{res['seconds_per_1000']:.2f}"),

@@ -169,6 +169,43 @@ def load_cached_net(d: Path, net: nn.Module, required: tuple[str, ...]) -> dict:
     return info
 
 
+def fit_featnet(spec: FeatNetSpec, n: int, batch, *, seed: int = 0, steps: Optional[int] = None,
+                on_step=None) -> FeatNet:
+    """Train a FeatNet deterministically by cross-entropy: AdamW (weight decay 1e-4) with a one-cycle schedule,
+    a fresh permutation of the ``n`` training images every epoch, ``batch(idx, gen) -> (x, y)`` making each
+    step's inputs and targets (augmented with ``gen``), for ``steps`` steps (default ``spec.epochs`` epochs).
+    ``on_step(done, steps)`` is called after every step."""
+    steps_per_epoch = (n + spec.batch_size - 1) // spec.batch_size
+    steps = spec.epochs * steps_per_epoch if steps is None else steps
+    det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        torch.manual_seed(seed)
+        net = FeatNet(spec)
+        opt = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=1e-4)
+        gen = torch.Generator().manual_seed(seed)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, spec.lr, total_steps=steps)
+        done = 0
+        while done < steps:
+            net.train()
+            perm = torch.randperm(n, generator=gen)
+            for i in range(0, n, spec.batch_size):
+                x, y = batch(perm[i:i + spec.batch_size], gen)
+                loss = F.cross_entropy(net(x)[1], y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                done += 1
+                if on_step is not None:
+                    on_step(done, steps)
+                if done == steps:
+                    break
+    finally:
+        torch.use_deterministic_algorithms(det)
+    return net
+
+
 def train_featnet(data: str = "digits", *, root=None, seed: int = 0, out_dir=None, log=print) -> "FeatureExtractor":
     """Train the feature network of ``data`` on its train split (train + val), deterministically, save it under
     ``out_dir`` (default: the cache) and return it. Raises FeatureError below the minimum test accuracy."""
@@ -178,30 +215,14 @@ def train_featnet(data: str = "digits", *, root=None, seed: int = 0, out_dir=Non
     train = load_dataset(data, "train+val", root=root, labels=True)
     test = load_dataset(data, "test", root=root, labels=True)
     t0 = time.time()
-    det = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        torch.manual_seed(seed)
-        net = FeatNet(spec)
-        opt = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=1e-4)
-        gen = torch.Generator().manual_seed(seed)
-        steps_per_epoch = (len(train) + spec.batch_size - 1) // spec.batch_size
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, spec.lr, total_steps=spec.epochs * steps_per_epoch)
-        for epoch in range(spec.epochs):
-            net.train()
-            perm = torch.randperm(len(train), generator=gen)
-            for i in range(0, len(train), spec.batch_size):
-                idx = perm[i:i + spec.batch_size]
-                x = _shift(to_model(train.x[idx], train.levels), spec.shift, gen)
-                if spec.flip:      # drawn after the shift: the specs without flips keep their random stream
-                    x = _flip(x, gen)
-                loss = F.cross_entropy(net(x)[1], train.y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-    finally:
-        torch.use_deterministic_algorithms(det)
+
+    def batch(idx, gen):
+        x = _shift(to_model(train.x[idx], train.levels), spec.shift, gen)
+        if spec.flip:      # drawn after the shift: the specs without flips keep their random stream
+            x = _flip(x, gen)
+        return x, train.y[idx]
+
+    net = fit_featnet(spec, len(train), batch, seed=seed)
     acc = _accuracy(net, test)
     info = {"data": data, "version": VERSION, "test_accuracy": acc, "train_images": len(train),
             "test_images": len(test), "seed": seed, "seconds": round(time.time() - t0, 1),
@@ -223,6 +244,10 @@ class FeatureExtractor:
     @property
     def test_accuracy(self) -> float:
         return self.info["test_accuracy"]
+
+    def summary(self) -> dict:
+        """What an evaluation reports about the network (a folder's: its val accuracy and task)."""
+        return {"featnet_test_accuracy": self.test_accuracy}
 
     def check(self) -> None:
         if self.test_accuracy < self.spec.min_accuracy:

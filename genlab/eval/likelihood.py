@@ -14,10 +14,11 @@ import torch
 from ..methods.categorical import training_condition
 
 
-def bits_per_dim(method, model, dataset, *, batch_size: int = 256, **kw) -> dict:
-    """Test bits/dim of a model on a dataset (``method.log_likelihood``: exact for raster AR and one-shot, an
-    unbiased estimate for any-order AR, the variational bound for diffusion), with its standard error over
-    images and the seconds it took."""
+def per_image_bits_per_dim(method, model, dataset, *, batch_size: int = 256, **kw) -> tuple[torch.Tensor, float]:
+    """Bits/dim of every image of a dataset under a model, (N,) float64 on the CPU in the dataset's order, and
+    the seconds it took: ``method.log_likelihood`` per batch (exact for raster AR and one-shot, an unbiased
+    estimate for any-order AR, the variational bound for diffusion; stochastic ones draw fresh randomness for
+    every batch, from ``seed`` + the batch's first index). What an out-of-distribution score needs."""
     dev = next(model.parameters()).device
     t0 = time.perf_counter()
     vals = []
@@ -32,6 +33,13 @@ def bits_per_dim(method, model, dataset, *, batch_size: int = 256, **kw) -> dict
         vals.append(method.log_likelihood(model, b["x"].to(dev), None if y is None else y.to(dev),
                                           seed=seed + b0, **kw).cpu())
     model.train(was_training)
-    v = torch.cat(vals).double()
+    return torch.cat(vals).double(), time.perf_counter() - t0
+
+
+def bits_per_dim(method, model, dataset, *, batch_size: int = 256, **kw) -> dict:
+    """Test bits/dim of a model on a dataset (``method.log_likelihood``: exact for raster AR and one-shot, an
+    unbiased estimate for any-order AR, the variational bound for diffusion), with its standard error over
+    images and the seconds it took (per image: :func:`per_image_bits_per_dim`)."""
+    v, seconds = per_image_bits_per_dim(method, model, dataset, batch_size=batch_size, **kw)
     return {"bpd": float(v.mean()), "bpd_sem": float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0,
-            "n": len(v), "seconds": time.perf_counter() - t0}
+            "n": len(v), "seconds": seconds}

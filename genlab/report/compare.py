@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 import yaml
 
@@ -37,7 +37,7 @@ from ..config import ConfigError, find_config
 from ..runs import check_run_name
 
 SPEC_KEYS = {"budget", "data", "overrides", "eval", "methods", "quick"}
-METHOD_KEYS = {"name", "config", "overrides", "samplers", "label"}
+METHOD_KEYS = {"name", "config", "overrides", "samplers", "label", "budget"}
 # likelihood_draws: Monte Carlo draws per test image of the likelihoods that are estimated (a number for all
 # methods, or a mapping method -> number; null: each method's own default, e.g. all T terms of the diffusion bound)
 EVAL_DEFAULTS = {"n": 1000, "seeds": 1, "bpd_images": None, "likelihood_draws": None, "grid_n": 64,
@@ -53,6 +53,7 @@ class MethodSpec:
     overrides: list = field(default_factory=list)
     samplers: list = field(default_factory=lambda: [{}])
     label: Optional[str] = None
+    budget: Optional[str] = None                   # this method's own training budget (default: the spec's)
 
 
 @dataclass
@@ -63,6 +64,17 @@ class CompareSpec:
     overrides: list = field(default_factory=list)   # overrides applied to every method (e.g. train.num_threads=2)
     eval: dict = field(default_factory=dict)
     quick: dict = field(default_factory=dict)
+
+
+def method_overrides(spec: CompareSpec, m: MethodSpec, quick: bool = False) -> list[str]:
+    """The overrides method ``m`` of ``spec`` trains with on top of its config: the spec's data and overrides, the
+    method's, its budget (the method's own, else the spec's; quick: a few steps) and no grids or FID during
+    training. A benchmark that trains with the same config and these overrides into the same run directory
+    shares the run with ``genlab compare``."""
+    budget = [f"train.max_steps={spec.quick['max_steps']}", "train.time_budget=null", "train.val_every=5",
+              "train.ckpt_every=0", "train.warmup_steps=2"] if quick else \
+        [f"train.time_budget={m.budget or spec.budget}", "train.max_steps=null"]
+    return spec.data + spec.overrides + m.overrides + budget + ["train.sample_every=0", "train.eval_every=0"]
 
 
 def load_spec(name_or_path: str) -> CompareSpec:
@@ -95,7 +107,8 @@ def load_spec(name_or_path: str) -> CompareSpec:
         _expect(path, f"methods[{i}].overrides", m.get("overrides"), list, str)
         _expect(path, f"methods[{i}].samplers", m.get("samplers"), list, dict)
         methods.append(MethodSpec(name=str(m["name"]), config=str(m["config"]), overrides=list(m.get("overrides") or []),
-                                  samplers=list(m.get("samplers") or [{}]), label=m.get("label")))
+                                  samplers=list(m.get("samplers") or [{}]), label=m.get("label"),
+                                  budget=None if m.get("budget") is None else str(m["budget"])))
     if not methods:
         raise ConfigError(f"{path}: the methods list is empty")
     names = [m.name for m in methods]
@@ -299,13 +312,15 @@ def train_or_reuse(name: str, config, overrides=(), runs_root="runs", progress: 
     return TrainedRun(run_dir, cfg, res)
 
 
-def run(spec_name: str = "compare_digits", out="runs/compare", *, quick: bool = False, fresh: bool = False,
-        only: Optional[list] = None, progress: bool = True) -> Path:
-    """Train (or reuse), evaluate and report every method of the spec; returns the report directory."""
+def run(spec_name: Union[str, CompareSpec] = "compare_digits", out="runs/compare", *, quick: bool = False,
+        fresh: bool = False, only: Optional[list] = None, progress: bool = True) -> Path:
+    """Train (or reuse), evaluate and report every method of the spec (a name or path for :func:`load_spec`, or a
+    loaded :class:`CompareSpec`, e.g. one a benchmark extended with ``data.root=DIR``); returns the report
+    directory."""
     from .. import runs as R
     from ..eval.likelihood import bits_per_dim
 
-    spec = load_spec(spec_name)
+    spec = spec_name if isinstance(spec_name, CompareSpec) else load_spec(spec_name)
     out = prepare_out(Path(out), fresh=fresh)
     ev = dict(spec.eval)
     if quick:
@@ -316,15 +331,12 @@ def run(spec_name: str = "compare_digits", out="runs/compare", *, quick: bool = 
         raise ValueError(f"--only: unknown method(s) {sorted(set(only) - {m.name for m in spec.methods})}; "
                          f"the spec has {', '.join(m.name for m in spec.methods)}")
 
-    budget = [f"train.max_steps={spec.quick['max_steps']}", "train.time_budget=null", "train.val_every=5",
-              "train.ckpt_every=0", "train.warmup_steps=2"] if quick else \
-        [f"train.time_budget={spec.budget}", "train.max_steps=null"]
     for m in methods:
         t0 = time.time()
         rec = results.setdefault(m.name, {"name": m.name, "rows": {}})
-        overrides = spec.data + spec.overrides + m.overrides + budget + ["train.sample_every=0", "train.eval_every=0"]
+        overrides = method_overrides(spec, m, quick)
         t = train_or_reuse(m.name, m.config, overrides, out / "runs", progress,
-                           budget_label=spec.budget if not quick else f"{spec.quick['max_steps']} steps")
+                           budget_label=(m.budget or spec.budget) if not quick else f"{spec.quick['max_steps']} steps")
         cfg, run_dir = t.config, t.run_dir
         if t.trained:
             rec = results[m.name] = {"name": m.name, "rows": {}}     # nothing of an older model survives
