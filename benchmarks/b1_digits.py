@@ -50,12 +50,11 @@ from genlab.report.compare import fid_nfe_plot, load_results, markdown_table, op
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # peers/, quality.py, throughput.machine()
 from peers import get_peer  # noqa: E402
 from peers.common import Variant  # noqa: E402
-from quality import GenlabSystem, QualityBench, RowSpec, jsonable, log  # noqa: E402,F401
+from quality import FAMILIES, GenlabSystem, QualityBench, RowSpec, jsonable, log, record_order, trainings  # noqa: E402,F401
 
 LEVELS = 17                # digits: integer levels 0..16
 SHAPE = (1, 8, 8)
 REPO = Path(__file__).resolve().parent.parent
-FAMILIES = ("genlab", "diffusers", "ddpm-pytorch")
 GENLAB = Variant("genlab", "genlab", None, "digits_ddpm config")
 
 
@@ -274,18 +273,6 @@ def _fmt(v, d=3):
     if isinstance(v, float):
         return f"{0.0 if abs(v) < 0.5 * 10 ** -d else v:.{d}f}"
     return str(v)
-
-
-def trainings(results: dict) -> list[dict]:
-    """The training records (those with their training fields: a record emptied by new evaluation settings
-    has none until it is trained or reused again)."""
-    return [r for k, r in results.items() if not k.startswith("_") and "steps" in r]
-
-
-def record_order(results: dict) -> list[str]:
-    fam = {f: i for i, f in enumerate(FAMILIES)}
-    return [r["name"] for r in sorted(trainings(results), key=lambda r: (fam.get(r["family"], 9), r["budget"],
-                                                                        r["variant"]))]
 
 
 def b1_rows(results: dict) -> list[dict]:

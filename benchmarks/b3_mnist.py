@@ -32,7 +32,6 @@ and sampling of each network on this machine. ``--smoke`` runs the same pipeline
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import datetime
 import gzip
@@ -55,7 +54,8 @@ from genlab.report import compare as C
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # peers/, quality.py, throughput.machine()
 from peers import get_peer  # noqa: E402
 from peers.common import Variant, cached_record, signature  # noqa: E402
-from quality import GenlabSystem, QualityBench, RowSpec, budget_text, jsonable, log  # noqa: E402
+from quality import (FAMILIES, GenlabSystem, QualityBench, RowSpec, budget_text, jsonable, log,  # noqa: E402
+                     median_step_seconds, record_order, trainings)
 
 SHAPE = (1, 28, 28)
 LEVELS = 256
@@ -63,7 +63,6 @@ DIMS = 784
 REPO = Path(__file__).resolve().parent.parent
 PARTS = ("quality", "likelihood", "ood", "compare")
 PART_LIMIT_MIN = 150
-FAMILIES = ("genlab", "diffusers", "ddpm-pytorch")
 GENLAB = Variant("genlab", "genlab", None, "mnist_ddpm config")
 # the peers at 28x28: three levels (28 -> 14 -> 7), each with the learning rate that did better on digits in B1
 PEERS = {"diffusers": {"kw": {"block_out_channels": (32, 64, 64)}, "lr": 2e-4},
@@ -123,15 +122,6 @@ def _duration(s: str) -> float:
     from genlab.config import parse_duration
 
     return parse_duration(s)
-
-
-def head(ds, n: int):
-    """The first n images of a dataset (same type)."""
-    d = copy.copy(ds)
-    d.x = ds.x[:n]
-    if ds.y is not None:
-        d.y = ds.y[:n]
-    return d
 
 
 def auroc(neg: np.ndarray, pos: np.ndarray) -> float:
@@ -228,16 +218,8 @@ class Costs:
             m, net = self._net(cfg, model.binarized)
             bs = cfg.train.batch_size
             batch = self._test(model.binarized).batch(torch.arange(bs))
-            opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-            times = []
             torch.set_num_threads(self.b3.args.threads)
-            for k in range(3):
-                t0 = time.perf_counter()
-                m.loss(net, batch, StepRNG(k, bs)).backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                times.append(time.perf_counter() - t0)
-            self.cache[key] = float(np.median(times[1:]))
+            self.cache[key] = median_step_seconds(lambda k: m.loss(net, batch, StepRNG(k, bs)), net)
             self.shown.append(f"{model.key}: training step {self.cache[key]:.2f}s at batch {bs}")
         return self.cache[key]
 
@@ -287,19 +269,13 @@ class Costs:
             net = self.b3.quality.system(family).network().train()
             bs = 128
             x = torch.randn(bs, *SHAPE)
-            opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-            times = []
             torch.set_num_threads(self.b3.args.threads)
-            for k in range(3):
-                t = torch.randint(0, 1000, (bs,))
-                t0 = time.perf_counter()
-                out = net(x, t)
-                out = getattr(out, "sample", out)
-                F.mse_loss(out, x).backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                times.append(time.perf_counter() - t0)
-            self.cache[key] = float(np.median(times[1:]))
+
+            def loss(k):
+                out = net(x, torch.randint(0, 1000, (bs,)))
+                return F.mse_loss(getattr(out, "sample", out), x)
+
+            self.cache[key] = median_step_seconds(loss, net)
             self.shown.append(f"{family}: training step {self.cache[key]:.2f}s at batch {bs}")
         return self.cache[key]
 
@@ -698,7 +674,7 @@ class B3:
         what = f"{n} images" + (f", {draws} draws per image" if draws else "")
         log(f"{model.key}: bits/dim of the {data} test set ({what}; {which} checkpoint, step {run.state['step']}) ...")
         torch.set_num_threads(self.args.threads)
-        v, secs = per_image_bits_per_dim(run.method, run.model, head(ds, n), batch_size=self.args.bpd_batch,
+        v, secs = per_image_bits_per_dim(run.method, run.model, ds.head(n), batch_size=self.args.bpd_batch,
                                          draws=draws, seed=0)
         v = v.numpy()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -994,16 +970,6 @@ class B3:
 
 
 # ------------------------------------------------------------------------------------------------ outputs
-
-def trainings(results: dict) -> list[dict]:
-    return [r for k, r in results.items() if not k.startswith("_") and "steps" in r]
-
-
-def record_order(results: dict) -> list[str]:
-    fam = {f: i for i, f in enumerate(FAMILIES)}
-    return [r["name"] for r in sorted(trainings(results), key=lambda r: (fam.get(r["family"], 9), r["budget"],
-                                                                        r["variant"]))]
-
 
 def quality_rows(results: dict) -> list[dict]:
     """compare's table rows of the quality records, with each training's fields."""

@@ -37,6 +37,35 @@ from peers import train_or_reuse_peer  # noqa: E402
 from peers.common import Variant, cached_record, count_params, signature, to_levels  # noqa: E402
 
 
+FAMILIES = ("genlab", "diffusers", "ddpm-pytorch")      # the systems of B1 and B3, in their tables' order
+
+
+def trainings(results: dict) -> list[dict]:
+    """The training records (those with their training fields: a record emptied by new evaluation settings
+    has none until it is trained or reused again)."""
+    return [r for k, r in results.items() if not k.startswith("_") and "steps" in r]
+
+
+def record_order(results: dict) -> list[str]:
+    """The trainings' names in table order: family (FAMILIES), budget, variant."""
+    fam = {f: i for i, f in enumerate(FAMILIES)}
+    return [r["name"] for r in sorted(trainings(results), key=lambda r: (fam.get(r["family"], 9), r["budget"],
+                                                                        r["variant"]))]
+
+
+def median_step_seconds(loss_fn: Callable[[int], torch.Tensor], net: torch.nn.Module, steps: int = 3) -> float:
+    """Median seconds of training steps 2..steps (loss_fn(k), backward, AdamW, zero_grad): a time estimate."""
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    times = []
+    for k in range(steps):
+        t0 = time.perf_counter()
+        loss_fn(k).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:]))
+
+
 def log(msg: str = "") -> None:
     print(msg, flush=True)
 

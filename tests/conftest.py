@@ -40,6 +40,33 @@ TINY = ["model.width=8", "model.channel_mults=[1,2]", "model.num_res_blocks=1", 
         "train.warmup_steps=5", "train.log_every=5", "sample.steps=5", "sample.n=8"]
 
 
+def randomize(m, std=0.3, seed=0):
+    """Weights far from their init (near-uniform attention, tiny logits), so that equalities mean something;
+    returns m in eval mode."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+    return m.eval()
+
+
+def nan_loss_after(monkeypatch, calls: int) -> None:
+    """Diffusion's training loss becomes NaN from its (calls + 1)-th call on."""
+    from genlab.methods.diffusion import DiffusionMethod
+
+    real_loss = DiffusionMethod.loss
+    count = {"n": 0}
+
+    def loss(self, model, batch, rng):
+        count["n"] += 1
+        out = real_loss(self, model, batch, rng)
+        return out * float("nan") if count["n"] > calls else out
+
+    monkeypatch.setattr(DiffusionMethod, "loss", loss)
+
+
 def random_unet(channel_mults=(1,), std=0.3, **kw):
     """A tiny 1-channel 8x8 UNet in eval mode, seeded with 0, whose zero-initialized output layer is drawn at
     random so its outputs depend on x_t, t and the condition."""

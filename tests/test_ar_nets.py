@@ -6,6 +6,8 @@ import torch
 from genlab.nn.pixelcnn import GatedPixelCNN
 from genlab.nn.transformer import PixelTransformer
 
+from conftest import randomize
+
 
 def make(backbone, c, size, levels, num_classes=0, layers=2, **kw):
     if backbone == "pixelcnn":
@@ -13,15 +15,6 @@ def make(backbone, c, size, levels, num_classes=0, layers=2, **kw):
                              kernel_size=kw.get("kernel_size", 3), num_classes=num_classes)
     return PixelTransformer(in_channels=c, image_size=size, levels=levels, width=16, layers=layers, heads=2,
                             num_classes=num_classes)
-
-
-def randomize(m, std=0.3, seed=0):
-    """Weights far from their (near-uniform-attention, tiny-logit) init, so that equalities mean something."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
-    return m.eval()
 
 
 def order(c, size):

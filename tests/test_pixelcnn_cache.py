@@ -10,14 +10,7 @@ from genlab.methods import get_method
 from genlab.methods.categorical import from_levels
 from genlab.nn.pixelcnn import GatedPixelCNN
 
-
-def randomize(m, std=0.3, seed=0):
-    """Weights far from their init, so that equalities mean something."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
-    return m.eval()
+from conftest import randomize
 
 
 def as_sequence(logits):

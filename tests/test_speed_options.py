@@ -10,6 +10,8 @@ import genlab.api as api
 from genlab.train import checkpoint as ck
 from genlab.train.loop import TrainingDiverged, flip_mask, hflip
 
+from conftest import nan_loss_after
+
 loop = importlib.import_module("genlab.train.loop")   # genlab.train is also the name of a function
 
 
@@ -52,17 +54,7 @@ def test_lazy_read_back_gives_the_same_run(tmp_path, tiny, monkeypatch):
 
 
 def test_lazy_read_back_stops_a_diverged_run_before_saving_it(tmp_path, tiny, monkeypatch):
-    from genlab.methods.diffusion import DiffusionMethod
-
-    real_loss = DiffusionMethod.loss
-    calls = {"n": 0}
-
-    def loss(self, model, batch, rng):
-        calls["n"] += 1
-        out = real_loss(self, model, batch, rng)
-        return out * float("nan") if calls["n"] > 7 else out
-
-    monkeypatch.setattr(DiffusionMethod, "loss", loss)
+    nan_loss_after(monkeypatch, 7)
     monkeypatch.setattr(loop, "reads_back_lazily", lambda info: True)
     with pytest.raises(TrainingDiverged, match=r"at step 7 .*step_0000006"):
         api.train("digits_ddpm", tiny + ["train.max_steps=50", "train.ckpt_every=3", "train.val_every=0",

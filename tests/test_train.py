@@ -16,7 +16,7 @@ from genlab.config import load_config
 from genlab.train import checkpoint as ck
 from genlab.train.loop import TrainingDiverged, data_indices, lr_at
 
-from conftest import genlab_cmd
+from conftest import genlab_cmd, nan_loss_after
 
 
 def _final(run_dir: Path) -> Path:
@@ -111,17 +111,7 @@ def test_signal_saves_a_checkpoint_and_exits_with_128_plus_signal(tmp_path, tiny
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path, tiny, monkeypatch):
-    from genlab.methods.diffusion import DiffusionMethod
-
-    real_loss = DiffusionMethod.loss
-    calls = {"n": 0}
-
-    def loss(self, model, batch, rng):
-        calls["n"] += 1
-        out = real_loss(self, model, batch, rng)
-        return out * float("nan") if calls["n"] > 7 else out
-
-    monkeypatch.setattr(DiffusionMethod, "loss", loss)
+    nan_loss_after(monkeypatch, 7)
     with pytest.raises(TrainingDiverged, match=r"at step 7 .*step_0000006"):
         api.train("digits_ddpm", tiny + ["train.max_steps=50", "train.ckpt_every=3", "train.val_every=0"],
                   name="nan", runs_root=tmp_path, progress=False)

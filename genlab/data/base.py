@@ -8,6 +8,7 @@ only place where that mapping is defined.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,21 @@ def from_model(x: torch.Tensor, levels: int) -> torch.Tensor:
     v = torch.round((x.to(torch.float32) + 1) / 2 * (levels - 1))
     v = torch.nan_to_num(v, nan=0.0).clamp_(0, levels - 1)
     return v.to(torch.uint8)
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize ``N x C x H x W`` uint8 images (C = 1 or 3) to ``size x size``: area filter down, bicubic up (PIL)."""
+    from PIL import Image
+
+    n, c, h, _ = images.shape
+    resample = Image.Resampling.BOX if size < h else Image.Resampling.BICUBIC
+    out = np.empty((n, c, size, size), dtype=np.uint8)
+    for i, im in enumerate(images):
+        pil = Image.fromarray(im[0], mode="L") if c == 1 else \
+            Image.fromarray(np.ascontiguousarray(im.transpose(1, 2, 0)), mode="RGB")
+        arr = np.asarray(pil.resize((size, size), resample))
+        out[i] = arr[None] if c == 1 else arr.transpose(2, 0, 1)
+    return out
 
 
 def binarize(x: torch.Tensor, levels: int) -> torch.Tensor:
@@ -113,6 +129,13 @@ class ImageDataset:
         """Image shape ``(C, H, W)``."""
         c, h, w = self.x.shape[1:]
         return int(c), int(h), int(w)
+
+    def head(self, n: int) -> "ImageDataset":
+        """The first ``n`` images (labels, captions and attributes with them); views, no copies."""
+        return dataclasses.replace(
+            self, x=self.x[:n], y=None if self.y is None else self.y[:n],
+            captions=None if self.captions is None else self.captions[:n],
+            attrs=None if self.attrs is None else {k: v[:n] for k, v in self.attrs.items()})
 
     def batch(self, idx: torch.Tensor) -> dict:
         """Return ``{"x": float32 N x C x H x W in [-1, 1], "y": int64 (labeled only)}`` for ``idx``.

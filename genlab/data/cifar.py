@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import ImageDataset, binarize as binarize_levels, default_data_root, split_indices
+from .base import ImageDataset, binarize as binarize_levels, default_data_root, resize_images, split_indices
 
 ARCHIVE = "cifar-10-binary.tar.gz"
 FOLDER = "cifar-10-batches-bin"
@@ -134,20 +134,6 @@ def read_cifar(source: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def resize_rgb(images: np.ndarray, size: int) -> np.ndarray:
-    """Resize ``N x 3 x H x W`` uint8 images to ``size x size`` (area filter down, bicubic up, as
-    :func:`genlab.data.idx.resize_images` does for grayscale)."""
-    from PIL import Image
-
-    h = images.shape[2]
-    resample = Image.Resampling.BOX if size < h else Image.Resampling.BICUBIC
-    out = np.empty((len(images), 3, size, size), dtype=np.uint8)
-    for i, im in enumerate(images):
-        rgb = Image.fromarray(np.ascontiguousarray(im.transpose(1, 2, 0)), mode="RGB")
-        out[i] = np.asarray(rgb.resize((size, size), resample)).transpose(2, 0, 1)
-    return out
-
-
 def load_cifar_dataset(
     split: str,
     *,
@@ -184,7 +170,7 @@ def load_cifar_dataset(
 
     images = images[idx]
     if image_size is not None and image_size != SIZE:
-        images = resize_rgb(images, image_size)
+        images = resize_images(images, image_size)
     x = torch.from_numpy(np.ascontiguousarray(images))
     levels = 256
     if binarize:

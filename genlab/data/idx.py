@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import ImageDataset, binarize as binarize_levels, default_data_root, split_indices
+from .base import ImageDataset, binarize as binarize_levels, default_data_root, resize_images, split_indices
 
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
@@ -79,18 +79,6 @@ def find_idx_file(root: Path, stem: str, dataset: str) -> Path:
     )
 
 
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """Resize ``N x H x W`` uint8 images to ``size x size`` (area filter down, bicubic up)."""
-    from PIL import Image
-
-    h = images.shape[1]
-    resample = Image.Resampling.BOX if size < h else Image.Resampling.BICUBIC
-    out = np.empty((len(images), size, size), dtype=np.uint8)
-    for i, im in enumerate(images):
-        out[i] = np.asarray(Image.fromarray(im, mode="L").resize((size, size), resample))
-    return out
-
-
 def load_idx_dataset(
     name: str,
     split: str,
@@ -135,7 +123,7 @@ def load_idx_dataset(
 
     images = images[idx]
     if image_size is not None and image_size != images.shape[1]:
-        images = resize_images(images, image_size)
+        images = resize_images(images[:, None], image_size)[:, 0]
     x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)
     levels = 256
     if binarize:

@@ -355,7 +355,7 @@ def run(spec_name: Union[str, CompareSpec] = "compare_digits", out="runs/compare
             else:
                 test = R.load_data(cfg, "test")
                 if ev["bpd_images"]:
-                    test = _head(test, ev["bpd_images"])
+                    test = test.head(ev["bpd_images"])
                 print(f"[compare] {m.name}: test bits/dim on {len(test)} images", file=sys.stderr)
                 b = bits_per_dim(method, model, test, draws=_draws(ev, cfg.method))
                 rec.update({"test_bpd": b["bpd"], "test_bpd_sem": b["bpd_sem"], "test_bpd_n": b["n"],
@@ -399,15 +399,6 @@ def _has_best(run_dir: Path) -> bool:
     except ck.CheckpointError:
         return False
 
-
-def _head(ds, n: int):
-    """The first n images of a dataset (same type)."""
-    import copy
-    d = copy.copy(ds)
-    d.x = ds.x[:n]
-    if ds.y is not None:
-        d.y = ds.y[:n]
-    return d
 
 
 def _pictures(name, method, model, samplers, img_dir: Path, grid_n: int, levels: int) -> dict:
