@@ -107,3 +107,38 @@ def subprocess_env():
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
     return env
+
+
+@pytest.fixture(scope="session")
+def forkserver():
+    """A forkserver that has imported faultchild (and so genlab and torch) once; children fork from it, so a
+    killed-and-resumed training costs no interpreter start-ups."""
+    import multiprocessing
+    from multiprocessing import forkserver as fs
+
+    tests = str(ROOT / "tests")
+    sys.path.insert(0, tests)
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([tests, str(ROOT)] + ([old] if old else []))  # read by the server
+    mp = multiprocessing.get_context("forkserver")
+    mp.set_forkserver_preload(["faultchild"])
+    fs.ensure_running()
+    if old is None:
+        del os.environ["PYTHONPATH"]
+    else:
+        os.environ["PYTHONPATH"] = old
+    return mp
+
+
+def run_child(ctx, argv: list, log: Path, fault=None, timeout: float = 120):
+    """``genlab ARGV`` in a child of the forkserver ``ctx`` (with ``GENLAB_FAULT=fault``): (exit code, its log)."""
+    import faultchild
+
+    p = ctx.Process(target=faultchild.run, args=(argv, {"GENLAB_FAULT": fault} if fault else {}, str(log)))
+    p.start()
+    p.join(timeout)
+    if p.exitcode is None:
+        p.kill()
+        p.join()
+        pytest.fail(f"the run hung: {argv}\n{log.read_text()}")
+    return p.exitcode, log.read_text()

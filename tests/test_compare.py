@@ -90,10 +90,14 @@ def test_compare_quick_end_to_end(tmp_path):
     res = json.loads((out / "results.json").read_text())
     names = res["_spec"]["order"]
     assert names == ["oneshot", "pixelcnn", "transformer", "any_order", "ddpm_eps", "ddpm_x0", "ddpm_v", "flow",
-                     "masked"]
+                     "masked", "gan", "vae", "nflow"]
     for name in names:
         rec = res[name]
-        assert math.isfinite(rec["test_bpd"]) and rec["test_bpd"] > 0 and rec["params"] > 0
+        if name == "gan":
+            assert rec["test_bpd"] is None and rec["bpd_kind"] == "none"
+        else:
+            assert math.isfinite(rec["test_bpd"]) and rec["test_bpd"] > 0
+        assert rec["params"] > 0
         assert rec["train_images_per_s"] > 0 and rec["rows"]
         for row in rec["rows"].values():
             assert all(math.isfinite(row[k]) for k in ("fid", "precision", "recall", "seconds_per_1000"))
@@ -104,10 +108,16 @@ def test_compare_quick_end_to_end(tmp_path):
     assert {r["nfe"] for r in res["any_order"]["rows"].values()} == {64, 32, 16, 8, 4}
     readme = (out / "README.md").read_text()
     table = [line for line in readme.splitlines() if line.startswith("| ") and "method" not in line]
-    assert len(table) == 1 + 1 + 1 + 5 + 3 * 3 + 5 + 5   # DDPM-1000 rows are left out of --quick; flow, masked
+    # DDPM-1000 rows are left out of --quick; flow matching, masked; GAN, VAE (mean, sampled), flow (T 1, 0.7)
+    assert len(table) == 1 + 1 + 1 + 5 + 3 * 3 + 5 + 5 + 1 + 2 + 2
     for line in table:
         cells = [c.strip() for c in line.strip("|").split("|")]
-        float(cells[2].split()[0]), float(cells[3].split()[0]), int(cells[6])   # numeric bpd, FID, evaluations
+        if cells[0] == "GAN":
+            assert cells[2] == "- (no likelihood)"
+        else:
+            float(cells[2].split()[0])                                            # numeric bits/dim
+        float(cells[3].split()[0]), int(cells[6])                                 # FID, evaluations
+    assert "reconstructions" in readme and "No likelihood: GAN" in readme
     assert "## Summary" in readme and "<table>" in (out / "index.html").read_text()
     assert np.asarray(Image.open(out / "img" / "fid_vs_nfe.png")).std() > 0
     # a second call reuses the finished runs and cached evaluations

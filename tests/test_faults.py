@@ -3,7 +3,6 @@ inside checkpoint writes, through the GENLAB_FAULT hook — each followed by a r
 uninterrupted run; a checkpoint write that hits a full disk part-way leaves the previous checkpoint readable and
 no temporary files; a resume replays no metrics twice; a finished run says so."""
 import json
-import multiprocessing
 import random
 import signal
 
@@ -16,7 +15,7 @@ from genlab import faults
 from genlab.cli import main
 from genlab.train import checkpoint as ck
 
-from conftest import ROOT, record
+from conftest import record, run_child
 
 STEPS = 48
 ARGS = ["model.width=8", "model.channel_mults=[1]", "model.num_res_blocks=1", "model.attn_resolutions=[]",
@@ -27,40 +26,13 @@ CKPT_POINTS = ["ckpt.model", "ckpt.ema", "ckpt.optimizer", "ckpt.state", "ckpt.r
 
 
 @pytest.fixture(scope="module")
-def ctx():
-    """A forkserver that has imported faultchild (and so genlab and torch) once; children fork from it."""
-    import os
-    import sys
-
-    tests = str(ROOT / "tests")
-    sys.path.insert(0, tests)
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([tests, str(ROOT)] + ([old] if old else []))  # read by the server
-    mp = multiprocessing.get_context("forkserver")
-    mp.set_forkserver_preload(["faultchild"])
-    from multiprocessing import forkserver
-
-    forkserver.ensure_running()
-    if old is None:
-        del os.environ["PYTHONPATH"]
-    else:
-        os.environ["PYTHONPATH"] = old
-    return mp
+def ctx(forkserver):
+    return forkserver
 
 
 def _run(ctx, tmp_path, name, *extra, fault=None):
-    import faultchild
-
-    log = tmp_path / f"{name}.log"
     argv = ["train", *ARGS, "--name", name, "--runs-dir", str(tmp_path / "runs"), "--no-progress", *extra]
-    p = ctx.Process(target=faultchild.run, args=(argv, {"GENLAB_FAULT": fault} if fault else {}, str(log)))
-    p.start()
-    p.join(120)
-    if p.exitcode is None:
-        p.kill()
-        p.join()
-        pytest.fail(f"the run hung: {argv}\n{log.read_text()}")
-    return p.exitcode, log.read_text()
+    return run_child(ctx, argv, tmp_path / f"{name}.log", fault)
 
 
 def _kill_plan(seed=0):

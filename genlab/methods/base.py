@@ -78,6 +78,8 @@ class Method:
     draws_samples: bool = True       # False for networks that only guide others (a noise-aware classifier)
     needs_labels: bool = False       # trained on labels even when the model is unconditional (a classifier)
     conditions: tuple = ("class",)   # conditions it supports: class, text, image
+    has_validation_loss: bool = True  # False: its loss says nothing of quality (a GAN's), so no validation
+                                      # loss and no checkpoints/best chosen by it
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -145,8 +147,9 @@ class Method:
         """Which of several sampling settings (dicts) shows the generation process best (default: the first)."""
         return option_list[0]
 
-    def extra_pictures(self, model) -> dict:
-        """Pictures a report adds for this method: name -> images in [-1, 1] (e.g. one-shot's mean image)."""
+    def extra_pictures(self, model, data=None) -> dict:
+        """Pictures a report adds for this method: name -> images in [-1, 1] (e.g. one-shot's mean image, a
+        VAE's reconstructions of ``data``, a few held-out images as an ImageDataset, when given)."""
         return {}
 
     # ------------------------------------------------------------------ to implement

@@ -51,7 +51,7 @@ class OneShotMethod(TeacherForced, Method):
     def sampling_label(self, opts) -> str:
         return discrete_label("one-shot", opts)
 
-    def extra_pictures(self, model) -> dict:
+    def extra_pictures(self, model, data=None) -> dict:
         return {"mean": self.mean_image(model, 1)}
 
     @torch.no_grad()

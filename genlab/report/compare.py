@@ -380,8 +380,9 @@ def run(spec_name: Union[str, CompareSpec] = "compare_digits", out="runs/compare
                                 "matched_ratio": r["matched"]["ratio"], "entropy": r["entropy"]}
             save_results(results, out)
         if "pictures" not in rec:
+            held = R.load_data(cfg, "val" if cfg.data.name == "folder" else "test").head(8)
             rec["pictures"] = _pictures(m.name, method, model, samplers, out / "img", ev["grid_n"],
-                                        state["data"]["levels"])
+                                        state["data"]["levels"], held)
             save_results(results, out)
         print(f"[compare] {m.name} done in {time.time() - t0:.0f}s", file=sys.stderr)
     results["_spec"] = {"budget": spec.budget if not quick else f"{spec.quick['max_steps']} steps (quick)",
@@ -401,9 +402,9 @@ def _has_best(run_dir: Path) -> bool:
 
 
 
-def _pictures(name, method, model, samplers, img_dir: Path, grid_n: int, levels: int) -> dict:
+def _pictures(name, method, model, samplers, img_dir: Path, grid_n: int, levels: int, held=None) -> dict:
     """A sample grid per sampling setting (the first and the last), the generation process, and the method's
-    own extra pictures (one-shot's mean image)."""
+    own extra pictures (one-shot's mean image, a VAE's reconstructions of the ``held`` images)."""
     from ..runs import quantize
     from .process import process_picture
     from .images import save_grid
@@ -418,7 +419,7 @@ def _pictures(name, method, model, samplers, img_dir: Path, grid_n: int, levels:
     p = img_dir / f"{name}_process.png"
     process_picture(method, model, 4, p, seed=0, **proc)
     pics["process"] = {"opts": proc, "path": p.name}
-    for key, x in method.extra_pictures(model).items():
+    for key, x in method.extra_pictures(model, held).items():
         p = img_dir / f"{name}_{key}.png"
         save_grid(x, p)
         pics[key] = p.name
@@ -458,14 +459,19 @@ def summary(rows: list[dict]) -> list[str]:
     per_model = {}
     for r in rows:
         per_model.setdefault(r["name"], r)
-    bpd_best = min(per_model.values(), key=lambda r: r["test_bpd"])
-    out.append(f"Best test likelihood: **{bpd_best['label']}** at {bpd_best['test_bpd']:.3f} bits/dim "
-               f"({bpd_best['bpd_kind']}).")
-    if bpd_best["name"] != best["name"]:
-        out.append(f"The best likelihood is not the best sample quality: {bpd_best['label']} samples reach FID "
-                   f"{min(r['fid'] for r in rows if r['name'] == bpd_best['name']):.2f}, against "
-                   f"{best['fid']:.2f} for {best['label']}; likelihood rewards covering every pixel's "
-                   f"uncertainty, FID rewards images that look right.")
+    with_bpd = [r for r in per_model.values() if r["test_bpd"] is not None]
+    if with_bpd:
+        bpd_best = min(with_bpd, key=lambda r: r["test_bpd"])
+        out.append(f"Best test likelihood: **{bpd_best['label']}** at {bpd_best['test_bpd']:.3f} bits/dim "
+                   f"({bpd_best['bpd_kind']}).")
+        if bpd_best["name"] != best["name"]:
+            out.append(f"The best likelihood is not the best sample quality: {bpd_best['label']} samples reach FID "
+                       f"{min(r['fid'] for r in rows if r['name'] == bpd_best['name']):.2f}, against "
+                       f"{best['fid']:.2f} for {best['label']}; likelihood rewards covering every pixel's "
+                       f"uncertainty, FID rewards images that look right.")
+    none = [r["label"] for r in per_model.values() if r["test_bpd"] is None]
+    if none:
+        out.append(f"No likelihood: {', '.join(none)} (a GAN defines no density).")
     fam = {}
     for r in rows:
         fam.setdefault(r["family"], []).append(r)
@@ -496,6 +502,14 @@ def summary(rows: list[dict]) -> list[str]:
         out.append(f"Any-order AR: revealing more pixels per step cuts evaluations from {lo['nfe']} to {hi['nfe']} "
                    f"and FID {trend} from {lo['fid']:.2f} to {hi['fid']:.2f} (pixels drawn in the same step are "
                    f"sampled independently of each other).")
+    gan = fam.get("GAN")
+    if gan and dif:
+        g, d_ = min(gan, key=lambda r: r["fid"]), min(dif, key=lambda r: r["fid"])
+        better = "diffusion" if d_["fid"] < g["fid"] else "the GAN"
+        out.append(f"GAN vs diffusion: GAN FID {g['fid']:.2f} with 1 evaluation vs diffusion {d_['fid']:.2f} "
+                   f"({d_['label']}, {d_['nfe']} evaluations): {better} is better by "
+                   f"{max(g['fid'], d_['fid']) / max(min(g['fid'], d_['fid']), 1e-9):.2f}x in FID at this budget "
+                   f"(one training seed here; benchmarks/gan_vs_diffusion.py measures the spread over seeds).")
     one = fam.get("one-shot")
     if one:
         o = min(one, key=lambda r: r["fid"])
@@ -611,7 +625,8 @@ def write_report(results: dict, out: Path) -> None:
     lines = summary(rows)
     title = f"genlab compare: {spec.get('data', '?')}, {spec.get('budget', '?')} of training per method"
     md = [f"# {title}\n", f"FID from {spec.get('eval_n', '?')} samples against the train split; test bits/dim on "
-          f"the test split ({_kinds(rows)}, all on the same levels); checkpoints chosen by validation loss.\n",
+          f"the test split ({_kinds(rows)}, all on the same levels); checkpoints chosen by validation loss (the "
+          "latest where a method has none, as GANs).\n",
           "## Summary\n", *[f"- {s}" for s in lines], "", "## Table\n", markdown_table(rows),
           "## FID against network evaluations\n", "![FID vs evaluations](img/fid_vs_nfe.png)\n",
           "## Samples and the generation process\n"]
@@ -624,11 +639,16 @@ def write_report(results: dict, out: Path) -> None:
         md.append(f"### {rec['label']} ({rec['family']})\n")
         for g in pics.get("grids", []):
             md.append(f"![{name} samples](img/{g['path']}) ")
-        if "mean" in pics:
-            md.append(f"\nmean image: ![{name} mean](img/{pics['mean']})")
+        for key, path in _extras(pics):
+            md.append(f"\n{key.replace('_', ' ')}: ![{name} {key}](img/{path})")
         md.append(f"\n\nprocess ({_slug(pics['process']['opts'])}): ![{name} process](img/{pics['process']['path']})\n")
     (out / "README.md").write_text("\n".join(md) + "\n")
     (out / "index.html").write_text(_html(title, lines, rows, results, names))
+
+
+def _extras(pics: dict) -> list:
+    """(name, file) of a method's own pictures (one-shot's mean image, a VAE's reconstructions)."""
+    return [(k, v) for k, v in pics.items() if k not in ("grids", "process") and isinstance(v, str)]
 
 
 def _html(title, lines, rows, results, names) -> str:
@@ -644,8 +664,8 @@ def _html(title, lines, rows, results, names) -> str:
             continue
         p = rec["pictures"]
         imgs = "".join(f'<img src="img/{e(g["path"])}" title="{e(_slug(g["opts"]))}">' for g in p.get("grids", []))
-        if "mean" in p:
-            imgs += f'<img src="img/{e(p["mean"])}" title="mean image">'
+        for key, path in _extras(p):
+            imgs += f'<img src="img/{e(path)}" title="{e(key.replace("_", " "))}">'
         pics.append(f"<h3>{e(rec['label'])} <small>({e(rec['family'])})</small></h3><div>{imgs}</div>"
                     f'<p>process:</p><img src="img/{e(p["process"]["path"])}">')
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"

@@ -316,6 +316,8 @@ class StepResult:
                                      # Trainer.lazy: read back at log intervals only)
     step_time: float                 # seconds of the step, mean over processes
     stop: bool = False               # some process received SIGINT / SIGTERM: save and stop after this step
+    extras: dict = field(default_factory=dict)   # more numbers of the step to log (a GAN's generator loss ...):
+                                     # process 0's values, averaged over the log window like the loss
 
 
 class StopSignal:
@@ -628,7 +630,7 @@ def validate(tr: Trainer, net: Optional[torch.nn.Module] = None) -> Optional[flo
     """Mean ``method.loss`` of ``net`` (default: the EMA) over the validation split, in eval mode, with draws
     seeded by (seed, batch) so every validation sees the same noise; None without a validation split."""
     val = tr.val_data
-    if val is None or len(val) == 0:
+    if val is None or len(val) == 0 or not getattr(tr.method, "has_validation_loss", True):
         return None
     net = tr.ema if net is None else net
     t = tr.cfg.train
@@ -677,18 +679,23 @@ class _Window:
     n: int = 0
     time: float = 0.0
     images: int = 0
+    extras: dict = field(default_factory=dict)
 
     def add(self, out: StepResult, images: int) -> None:
         self.loss += out.loss
         self.n += 1
         self.time += out.step_time
         self.images += images
+        for k, v in out.extras.items():
+            self.extras[k] = self.extras.get(k, 0.0) + v
+            self.extras[k + "/n"] = self.extras.get(k + "/n", 0) + 1
 
     def record(self, state: LoopState, lr: float) -> dict:
         """The metrics record of the window; starts a new one."""
         rec = {"step": state.step, "loss": float(self.loss) / self.n, "lr": lr,
                "images_per_s": self.images / max(self.time, 1e-9), "time_used": state.time_used}
-        self.loss, self.n, self.time, self.images = 0.0, 0, 0.0, 0
+        rec.update({k: float(v) / self.extras[k + "/n"] for k, v in self.extras.items() if not k.endswith("/n")})
+        self.loss, self.n, self.time, self.images, self.extras = 0.0, 0, 0.0, 0, {}
         return rec
 
 
