@@ -167,3 +167,20 @@ def test_specs_and_recipes_are_not_confused(capsys, tmp_path):
     assert "genlab compare --config compare_digits" in capsys.readouterr().err
     assert main(["compare", "--config", "digits_ddpm", "--out", str(tmp_path / "c")]) == 2
     assert "not a comparison spec" in capsys.readouterr().err
+
+
+def test_a_finished_run_stays_finished_when_genlab_gains_a_config_section(tmp_path):
+    """done.json written before a method (and its config section) was added still matches: the new section
+    holds its defaults. It used to compare the whole dict, so adding the GAN retrained every finished run."""
+    from genlab.config import load_config
+    from genlab.report.compare import is_finished
+
+    cfg = load_config("digits_ddpm")
+    old = cfg.to_dict()
+    del old["gan"], old["vae"]["z_dim"]
+    (tmp_path / "done.json").write_text(json.dumps({"config": old}))
+    assert is_finished(tmp_path, cfg)
+    old["train"]["lr"] = 1.0
+    (tmp_path / "done.json").write_text(json.dumps({"config": old}))
+    assert not is_finished(tmp_path, cfg)
+    assert not is_finished(tmp_path, load_config("digits_ddpm", ["gan.z_dim=3"]))

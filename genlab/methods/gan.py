@@ -37,7 +37,6 @@ import torch.nn.functional as F
 from ..config import choice, num, opt
 from ..diffusion import PerSampleNoise
 from ..nn.dcgan import GAN
-from ..train.dist import all_reduce_sum
 from .base import Method, NoOptions, register, unwrap
 from .categorical import square_shape
 
@@ -83,22 +82,6 @@ def r1_penalty(disc, x: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor
         out = disc(x, y)
         (g,) = torch.autograd.grad(out.sum(), x, create_graph=True)
     return g.flatten(1).pow(2).sum(1)
-
-
-def _sync_grads(params: list, info) -> None:
-    """Average the gradients of ``params`` over the processes (what DDP would do)."""
-    if not info.enabled:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.flatten() for g in grads])
-    all_reduce_sum(flat, info)
-    flat /= info.world
-    off = 0
-    for g in grads:
-        g.copy_(flat[off:off + g.numel()].view_as(g))
-        off += g.numel()
 
 
 # ------------------------------------------------------------------------------------------------ the method
@@ -150,18 +133,16 @@ class GANMethod(Method):
 
     def train_step(self, tr, lr: float):
         """One discriminator update, then one generator update (see the module docstring)."""
-        from ..train.loop import (StepResult, apply_gradients, check_finite, clip_gradients, ema_decay_at,
-                                  ema_update, micro_batch, reduce_step, set_lr)
-
+        kit = tr.kit                 # the loop's pieces (genlab.train.loop), handed in with the Trainer
         g_cfg, t = self.cfg.gan, tr.cfg.train
         net = tr.model
         G, D = net.generator, net.discriminator
         g_opt, d_opt = tr.optimizers
-        set_lr([g_opt], lr)
-        set_lr([d_opt], lr * g_cfg.d_lr_mult)
+        kit.set_lr([g_opt], lr)
+        kit.set_lr([d_opt], lr * g_cfg.d_lr_mult)
         r1_now = g_cfg.loss == "ns" and g_cfg.r1_gamma > 0 and tr.state.step % g_cfg.r1_every == 0
         k = t.grad_accum
-        micro = [micro_batch(tr, m) for m in range(k)]
+        micro = [kit.micro_batch(tr, m) for m in range(k)]
         zero = torch.zeros((), device=tr.device)
         logs = {"d_real": zero.clone(), "d_fake": zero.clone(), "r1": zero.clone(), "g_loss": zero.clone()}
         total_d = zero.clone()
@@ -185,9 +166,9 @@ class GANMethod(Method):
             logs["d_real"] += d_real.detach().float().mean() / k
             logs["d_fake"] += d_fake.detach().float().mean() / k
         d_params = list(D.parameters())
-        _sync_grads(d_params, tr.dist)
-        check_finite(tr, total_d, clip_gradients(tr, d_params), lr)
-        apply_gradients(tr, [d_opt])
+        kit.average_gradients(tr, d_params)
+        kit.check_finite(tr, total_d, kit.clip_gradients(tr, d_params), lr)
+        kit.apply_gradients(tr, [d_opt])
 
         # the generator: fresh fakes, the discriminator frozen
         D.requires_grad_(False)
@@ -200,17 +181,17 @@ class GANMethod(Method):
             logs["g_loss"] += loss.detach() / k
         D.requires_grad_(True)
         g_params = list(G.parameters())
-        _sync_grads(g_params, tr.dist)
-        check_finite(tr, logs["g_loss"], clip_gradients(tr, g_params), lr)
-        apply_gradients(tr, [g_opt])
+        kit.average_gradients(tr, g_params)
+        kit.check_finite(tr, logs["g_loss"], kit.clip_gradients(tr, g_params), lr)
+        kit.apply_gradients(tr, [g_opt])
         d_opt.zero_grad(set_to_none=True)
 
-        out = reduce_step(tr, total_d)
-        ema_update(tr.ema, tr.model, ema_decay_at(t, tr.state.step))
+        out = kit.reduce_step(tr, total_d)
+        kit.ema_update(tr.ema, tr.model, kit.ema_decay_at(t, tr.state.step))
         extras = logs if tr.lazy else {key: v.item() for key, v in logs.items()}
         if not r1_now:
             extras.pop("r1")
-        return StepResult(loss=out.loss, step_time=out.step_time, stop=out.stop, extras=extras)
+        return kit.StepResult(loss=out.loss, step_time=out.step_time, stop=out.stop, extras=extras)
 
     def sample_batch(self, model, seeds: range, opts, *, y=None, device=None, callback=None):
         """G(z) with z ~ N(0, I) drawn per sample (one network evaluation)."""

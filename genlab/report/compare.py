@@ -275,9 +275,17 @@ class TrainedRun(NamedTuple):
 
 
 def is_finished(run_dir, cfg) -> bool:
-    """True when ``run_dir`` finished training with the resolved config ``cfg`` (its done.json says so)."""
+    """True when ``run_dir`` finished training with the resolved config ``cfg`` (its done.json says so): every key
+    the same, where a key or section that done.json lacks counts as the same while ``cfg`` has its default value
+    (a section added to genlab later, e.g. a new method's, does not make finished runs look different; see
+    :func:`genlab.train.loop.config_mismatch`)."""
+    from ..train.loop import config_mismatch
+
     done = Path(run_dir) / "done.json"
-    return done.exists() and _read_json(done).get("config") == cfg.to_dict()
+    if not done.exists():
+        return False
+    saved = _read_json(done).get("config")
+    return isinstance(saved, dict) and not config_mismatch(saved, cfg, ignore=())
 
 
 def train_or_reuse(name: str, config, overrides=(), runs_root="runs", progress: bool = True, *,

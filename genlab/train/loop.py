@@ -381,6 +381,13 @@ class Trainer:
         return self.optimizers[0]
 
     @property
+    def kit(self):
+        """The loop's pieces for a method's own ``train_step`` (methods sit below the training layer and do not
+        import it): ``tr.kit.micro_batch``, ``reduce_step``, ``clip_gradients``, ``check_finite``,
+        ``apply_gradients``, ``average_gradients``, ``ema_update``, ``ema_decay_at``, ``set_lr``, ``StepResult``."""
+        return STEP_KIT
+
+    @property
     def device(self) -> torch.device:
         return self.dist.device
 
@@ -601,6 +608,24 @@ def apply_gradients(tr: Trainer, optimizers: Optional[list] = None) -> None:
         opt.zero_grad(set_to_none=True)
 
 
+def average_gradients(tr: Trainer, params: list) -> None:
+    """Average the gradients of ``params`` over the processes, as DDP would (for a method's own step that does
+    not run its networks through the DDP wrapper, e.g. a GAN's R1 penalty, a double backward DDP cannot take)."""
+    info = tr.dist
+    if not info.enabled:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.flatten() for g in grads])
+    all_reduce_sum(flat, info)
+    flat /= info.world
+    off = 0
+    for g in grads:
+        g.copy_(flat[off:off + g.numel()].view_as(g))
+        off += g.numel()
+
+
 def train_step(tr: Trainer, lr: float) -> StepResult:
     """One optimisation step at ``tr.state.step``: set ``lr``; forward and backward ``train.grad_accum``
     micro-batches of ``method.loss`` (gradients accumulated, all-reduced by DDP after the last); the step's
@@ -759,7 +784,8 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
       count do not change it), runs backward passes under :func:`no_sync` and ``tr.autocast()`` as the default
       does, and calls :func:`reduce_step` exactly once with its loss of the step, returning its StepResult;
       :func:`clip_gradients`, :func:`check_finite`, :func:`apply_gradients` (GradScaler included) and
-      :func:`ema_update` with :func:`ema_decay_at` are there to use. Its random draws must come from the
+      :func:`ema_update` with :func:`ema_decay_at` are there to use, as ``tr.kit.NAME`` (methods do not import
+      this layer), with :func:`average_gradients` for networks it runs outside the DDP wrapper. Its random draws must come from the
       StepRNG of :func:`micro_batch` for a resumed run to continue exactly.
     """
     cfg.validate()
@@ -891,6 +917,12 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
     teardown(info)
     return TrainResult(state=state, run_dir=run_dir, checkpoint=last_ckpt, interrupted=interrupted, history=history,
                        signal=stop.signal if interrupted else None)
+
+
+STEP_KIT = type("StepKit", (), {})()       # filled below: Trainer.kit
+for _f in (micro_batch, reduce_step, clip_gradients, check_finite, apply_gradients, average_gradients, ema_update,
+           ema_decay_at, set_lr, StepResult):
+    setattr(STEP_KIT, _f.__name__, _f)
 
 
 def _budget_used(t, state: LoopState, budget_s: Optional[float]) -> bool:
