@@ -15,6 +15,9 @@ The protocol is section B4 of benchmarks/README.md. Stages (each trains its mode
           trained on the generator's ground truth) of 500 samples for the test captions (seen combinations)
           and 500 for the held-out captions (unseen shape-colour pairs), and FID in the attribute net's
           features (seen vs the train split, held-out vs 1000 real images of the held-out pairs) per scale.
+- clip    CLIP guidance (GLIDE sec. 2.4) of the same text-conditional shapes model (shapes_text, its plain
+          conditional sampler, CFG scale 1) with a noise-aware CLIP (shapes_clip, 300 s): the shapes metrics per
+          CLIP scale, beside the classifier-free rows of ``shapes``.
 - inpaint 300 digits test images with masks (bottom half, centre 4x4, left half): replacement with the
           unconditional model of `clf` (DPM-20 and DDPM-50), RePaint (DDPM-50, 4 resamples), GLIDE-style
           mask-conditioned model (digits_inpaint, 300 s, DPM-20): PSNR in the hole, feature-net accuracy of the
@@ -45,7 +48,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SCALES = (0.0, 1.0, 2.0, 3.0, 5.0, 7.5)
 BUDGETS = {"cfg": 300, "ddpm": 300, "classifier": 120, "pixelcnn": 300, "shapes_text": 900, "inpaint": 300,
-           "upsampler": 600}
+           "upsampler": 600, "clip": 300}
+CLIP_SCALES = (0.0, 10.0, 30.0, 100.0, 300.0)   # CLIP guidance: its gradient is of a cosine similarity (|.| <= 1)
 RUNS = {  # run name -> (recipe, overrides)
     "cfg": ("digits_cfg", []),
     "ddpm": ("digits_ddpm", []),
@@ -54,6 +58,7 @@ RUNS = {  # run name -> (recipe, overrides)
     "shapes_text": ("shapes_text", []),
     "inpaint": ("digits_inpaint", []),
     "upsampler": ("shapes_upsampler", []),
+    "clip": ("shapes_clip", []),
 }
 SMOKE = False   # --smoke: 5 s budgets and 40 samples, to check the pipeline end to end
 
@@ -169,7 +174,9 @@ def stage_ar(b: Bench) -> dict:
 
 # ------------------------------------------------------------------------------------------ shapes text
 
-def stage_shapes(b: Bench) -> dict:
+def shapes_sweep(b: Bench, scales, sample_kw) -> dict:
+    """Attribute accuracy and FID of the shapes_text model per scale, for the test captions (seen combinations)
+    and the held-out ones; ``sample_kw(scale)``: the sampling keywords of a scale (guidance, CLIP inputs)."""
     n = N(500)
     from genlab import api
     from genlab.data import from_model, load_dataset
@@ -188,13 +195,13 @@ def stage_shapes(b: Bench) -> dict:
              "heldout": M.feature_stats(clf.predict(make_shapes(1000, 16, seed=31, combos=HELDOUT_COMBOS)[0])[0])}
     out = {"n": n, "classifier_test_accuracy": clf.info["test_accuracy"], "rows": []}
     sets = {split: load_dataset("shapes", split) for split in ("test", "heldout")}
-    for s in SCALES:
+    for s in scales:
         row = {"scale": s}
         for split, ds in sets.items():
             caps = ds.captions[:n]
             attrs = {a: v[:n] for a, v in ds.attrs.items()}
             t0 = time.time()
-            x, nfe = method.sample(model, n, y=model.text.tokenizer.encode(caps), seed=0, guidance=s)
+            x, nfe = method.sample(model, n, y=model.text.tokenizer.encode(caps), seed=0, **sample_kw(s, caps))
             lv = from_model(x, 256)
             acc = clf.accuracy(lv, attrs)
             f, _ = clf.predict(lv)
@@ -209,6 +216,31 @@ def stage_shapes(b: Bench) -> dict:
     for key, real in (("seen", sets["test"]), ("heldout", sets["heldout"])):
         out[f"real_{key}"] = clf.accuracy(real.x[:n], {a: v[:n] for a, v in real.attrs.items()})
         out[f"real_fid_{key}"] = M.fid_from_stats(M.feature_stats(clf.predict(real.x[:n])[0]), stats[key])
+    return out
+
+
+def stage_shapes(b: Bench) -> dict:
+    """Classifier-free guidance of the text-conditional shapes model."""
+    return shapes_sweep(b, SCALES, lambda s, caps: {"guidance": s})
+
+
+def stage_clip(b: Bench) -> dict:
+    """CLIP guidance of the same model (its conditional sampler, CFG scale 1), with the noise-aware CLIP."""
+    from genlab import api
+
+    gen = api.load_run(b.run("shapes_text"))
+    clip = api.load_clip(b.run("clip"), gen.config, generator=gen.model)
+    tok = clip.text.tokenizer
+    out = shapes_sweep(b, CLIP_SCALES, lambda s, caps: {"clip": clip, "clip_tokens": tok.encode(caps),
+                                                        "clip_scale": s})
+    from genlab.data import load_dataset, to_model
+
+    test = load_dataset("shapes", "test")
+    run_ = api.load_run(b.run("clip"))
+    out["clip_retrieval"] = {f"t={t}": run_.method.retrieval_accuracy(run_.model, to_model(test.x[:500], 256),
+                                                                     test.captions[:500], t)
+                             for t in (0, 250, 500, 750)}
+    log(f"CLIP retrieval accuracy among 500 test captions: {out['clip_retrieval']}")
     return out
 
 
@@ -316,7 +348,7 @@ def stage_upsample(b: Bench) -> dict:
 
 
 STAGES = {"cfg": stage_cfg, "shapes": stage_shapes, "clf": stage_clf, "ar": stage_ar, "inpaint": stage_inpaint,
-          "upsample": stage_upsample}
+          "upsample": stage_upsample, "clip": stage_clip}
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -345,12 +377,16 @@ def acc_fid_plot(results: dict, path: Path) -> None:
     ax.legend(fontsize=7)
     ax = axes[1]
     if "shapes" in results:
-        rows = results["shapes"]["rows"]
-        for key, label, m in (("seen", "seen combinations", "o-"), ("heldout", "held-out combinations", "s--")):
-            ax.plot([r[f"fid_{key}"] for r in rows], [100 * r[key]["mean"] for r in rows], m, label=label)
-            for r in rows:
-                ax.annotate(f"{r['scale']:g}", (r[f"fid_{key}"], 100 * r[key]["mean"]), fontsize=6,
-                            xytext=(3, -8), textcoords="offset points")
+        for stage, kind in (("shapes", "CFG"), ("clip", "CLIP")):
+            if stage not in results:
+                continue
+            rows = results[stage]["rows"]
+            for key, label, m in (("seen", "seen", "o-"), ("heldout", "held-out", "s--")):
+                ax.plot([r[f"fid_{key}"] for r in rows], [100 * r[key]["mean"] for r in rows], m,
+                        label=f"{kind}, {label} combinations")
+                for r in rows:
+                    ax.annotate(f"{r['scale']:g}", (r[f"fid_{key}"], 100 * r[key]["mean"]), fontsize=6,
+                                xytext=(3, -8), textcoords="offset points")
         ax.axhline(90, color="gray", lw=0.6, ls="--")
         ax.set_xscale("log")
         ax.set_xlabel("FID in attribute-net features (vs real images)")

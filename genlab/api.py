@@ -49,7 +49,7 @@ def sample(ckpt, *, n: int = 64, seed: int = 0, batch_size: int = 256, out=None,
            labels: Optional[Sequence[int]] = None, which: str = "latest", use_ema: bool = True,
            device: str = "auto", progress: bool = True, classifier=None,
            prompt: Union[str, Sequence[str], None] = None, upsampler=None, lowres_t: Optional[float] = None,
-           nrow: Optional[int] = None, **options):
+           nrow: Optional[int] = None, clip=None, **options):
     """Draw n samples from a checkpoint. Sample i uses seed + i alone (reproducible by itself).
 
     out: ``*.png`` a grid; ``*.npy`` a uint8 array of dataset levels (N, C, H, W); a directory (ending in / or
@@ -62,6 +62,8 @@ def sample(ckpt, *, n: int = 64, seed: int = 0, batch_size: int = 256, out=None,
     order; ``guidance`` (classifier-free guidance scale; 1 = none) for conditional models.
     ``classifier``: a noise-aware classifier run (``method: classifier``, same diffusion schedule) for classifier
     guidance with ``classifier_scale`` (default 1; 0 = none); it also works for an unconditional generator.
+    ``clip``: a noise-aware CLIP run (``method: clip``, same diffusion schedule and, for a text-conditional
+    generator, the same caption vocabulary) for CLIP guidance towards ``prompt`` with ``clip_scale`` (GLIDE).
     ``labels``: one label per sample, or a single label for all of them.
     ``prompt``: a caption, or several (for a text-conditional model): with P prompts, sample i asks for prompt
     i * P // n (P blocks; one grid row each when P divides n); no prompt draws unconditional samples.
@@ -85,6 +87,13 @@ def sample(ckpt, *, n: int = 64, seed: int = 0, batch_size: int = 256, out=None,
         opts["classifier"] = load_classifier(classifier, cfg, device)
     elif opts.get("classifier_scale") is not None:
         raise ValueError("--classifier-scale needs --classifier CKPT (a noise-aware classifier run)")
+    if clip is not None:
+        if prompt is None:
+            raise ValueError("CLIP guidance steers towards a caption: give --prompt \"...\" with --clip")
+        opts["clip"] = load_clip(clip, cfg, device, generator=model)
+        opts["clip_tokens"] = prompt_tokens(opts["clip"], prompt, n)
+    elif opts.get("clip_scale") is not None:
+        raise ValueError("--clip-scale needs --clip CKPT (a noise-aware CLIP run, method=clip)")
     if cfg.model.image_cond == "lowres":
         raise ValueError(f"{ckpt} is an upsampler (it needs low-resolution images): sample a base model and "
                          f"chain it, genlab sample --ckpt BASE --upsampler {ckpt}")
@@ -99,7 +108,7 @@ def sample(ckpt, *, n: int = 64, seed: int = 0, batch_size: int = 256, out=None,
                              "(use --guidance for classifier-free guidance on the prompt)")
         y = prompt_tokens(model, prompt, n)
     else:
-        if prompt is not None:
+        if prompt is not None and clip is None:
             kind = "class-conditional (use --class)" if cfg.model.class_cond else "unconditional"
             raise ValueError(f"--prompt needs a text-conditional model (model.text_cond=true); this one is {kind}")
         y = resolve_labels(labels, n, nk, info["class_names"], seed, cfg.model.class_cond or classifier is not None)
@@ -122,6 +131,8 @@ def sample(ckpt, *, n: int = 64, seed: int = 0, batch_size: int = 256, out=None,
         path = Path(out or "process.png")
         if path.suffix.lower() != ".png":
             raise ValueError(f"--process writes a PNG picture; got --out {path}")
+        if "clip_tokens" in opts:
+            opts["clip_tokens"] = opts["clip_tokens"][:8]
         x, nfe = process_picture(method, model, min(n, 8), path, y=None if y is None else y[:8], seed=seed, **opts)
         return quantize(x, levels), nfe, path
     x, nfe = method.sample(model, n, y=y, seed=seed, batch_size=batch_size, progress=progress, **opts)
@@ -284,12 +295,47 @@ def load_classifier(ckpt, generator_cfg: Config, device: str = "auto"):
                          f"(train one with method={makers[0] if makers else '?'})")
     if "classifier" not in registry.method_class(generator_cfg.method).inputs:
         raise ValueError(f"classifier guidance applies to {guides} models, not {generator_cfg.method}")
-    keys = ("schedule", "timesteps") + (("beta_start", "beta_end") if generator_cfg.diffusion.schedule == "linear" else ())
-    diff = [k for k in keys if getattr(ccfg.diffusion, k) != getattr(generator_cfg.diffusion, k)]
-    if diff:
-        raise ValueError("the classifier was trained on another noise schedule than the generator: " + ", ".join(
-            f"diffusion.{k} {getattr(ccfg.diffusion, k)!r} vs {getattr(generator_cfg.diffusion, k)!r}" for k in diff))
+    _check_schedule("classifier", ccfg, generator_cfg)
     return cmodel
+
+
+def _check_schedule(what: str, guide_cfg: Config, generator_cfg: Config) -> None:
+    """ValueError when a guiding network was trained on another noise schedule than the generator."""
+    keys = ("schedule", "timesteps") + (("beta_start", "beta_end") if generator_cfg.diffusion.schedule == "linear" else ())
+    diff = [k for k in keys if getattr(guide_cfg.diffusion, k) != getattr(generator_cfg.diffusion, k)]
+    if diff:
+        raise ValueError(f"the {what} was trained on another noise schedule than the generator: " + ", ".join(
+            f"diffusion.{k} {getattr(guide_cfg.diffusion, k)!r} vs {getattr(generator_cfg.diffusion, k)!r}"
+            for k in diff) + f"; train the {what} with the generator's diffusion.* settings")
+
+
+def load_clip(ckpt, generator_cfg: Config, device: str = "auto", generator=None):
+    """A noise-aware CLIP run (``method: clip``) for CLIP guidance of a generator with config ``generator_cfg``:
+    trained on the same diffusion schedule and, when the generator reads captions with its own learned
+    vocabulary (``generator``, the loaded network), on the same vocabulary."""
+    run = load_run(ckpt, device=device)
+    if run.config.method != "clip":
+        raise ValueError(f"--clip {ckpt} is a {run.config.method} checkpoint, not a noise-aware CLIP (train one with "
+                         "method=clip, e.g. genlab train --config shapes_clip)")
+    if "clip" not in registry.method_class(generator_cfg.method).inputs:
+        raise ValueError(f"CLIP guidance applies to diffusion models, not {generator_cfg.method}")
+    _check_schedule("CLIP", run.config, generator_cfg)
+    c, size = getattr(generator, "out_channels", None), getattr(generator, "image_size", None)
+    if c is not None and (c, size) != (run.model.in_channels, run.model.image_size):
+        raise ValueError(f"the CLIP run {ckpt} sees {run.model.in_channels}x{run.model.image_size}x"
+                         f"{run.model.image_size} images and the generator draws {c}x{size}x{size}: train the CLIP "
+                         "on the generator's data")
+    gen_tok = getattr(getattr(generator, "text", None), "tokenizer", None)
+    clip_tok = run.model.text.tokenizer
+    if gen_tok is not None and hasattr(gen_tok, "words") and list(gen_tok.words) != list(clip_tok.words):
+        only_g = sorted(set(gen_tok.words) - set(clip_tok.words))
+        only_c = sorted(set(clip_tok.words) - set(gen_tok.words))
+        detail = (f"{len(only_g)} words only the generator knows ({', '.join(only_g[:5]) or '-'}), {len(only_c)} "
+                  f"only the CLIP knows ({', '.join(only_c[:5]) or '-'})") if only_g or only_c else \
+            "the same words in another order"
+        raise ValueError(f"the CLIP run {ckpt} was trained on another caption vocabulary than the generator "
+                         f"({detail}): train it on the generator's captions (the same data)")
+    return run.model
 
 
 def demo(*, name: str = "demo", time_budget: str = "100s", runs_root=None, force: bool = False,

@@ -45,6 +45,8 @@ def _add_sample(sub):
                         "[(seed + i) mod K]")
     p.add_argument("--classifier", default=None,
                    help="classifier guidance: a noise-aware classifier run (a classifier method, same schedule)")
+    p.add_argument("--clip", default=None,
+                   help="CLIP guidance towards --prompt: a noise-aware CLIP run (method=clip, same schedule)")
     p.add_argument("--prompt", action="append", default=None,
                    help="caption for a text-conditional model; repeat for several (one grid row each)")
     p.add_argument("--upsampler", default=None,
@@ -358,7 +360,7 @@ def _run(args) -> int:
                                   process=args.process, labels=args.labels, which=args.which,
                                   use_ema=not args.raw, device=args.device, classifier=args.classifier,
                                   prompt=args.prompt, upsampler=args.upsampler, lowres_t=opts.pop("lowres_t", None),
-                                  nrow=args.nrow, **opts)
+                                  nrow=args.nrow, clip=args.clip, **opts)
         print(f"wrote {path} ({nfe} network evaluations per sample)")
     elif args.command == "demo":
         api.demo(name=args.name, time_budget=args.time_budget, runs_root=args.runs_dir, force=args.force)

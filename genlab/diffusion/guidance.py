@@ -6,6 +6,9 @@ itself a denoiser ``(x_t, t) -> (x0_hat, eps_hat)``, so every sampler gets guida
   fidelity to the condition. (The paper's w is s - 1.)
 - :class:`ClassifierGuidance` (Dhariwal & Nichol 2021, sec. 4.2, eq. 14): eps = eps(x_t) - s sqrt(1 - alpha_bar_t)
   grad_x log p_phi(y | x_t, t) with a noise-aware classifier; s = 0 is the plain denoiser.
+- :class:`ClipGuidance` (GLIDE, Nichol et al. 2022, sec. 2.4): the same shift with the classifier's log-probability
+  replaced by a noise-aware CLIP's image-caption similarity f(x_t, t) . g(c), so the mean moves by
+  s Sigma grad_x (f(x_t, t) . g(c)); s = 0 is the plain denoiser.
 
 Both combine unclipped predictions and clip x0_hat afterwards (then eps_hat is recomputed from it), so a guided
 prediction stays consistent with x_t.
@@ -95,6 +98,28 @@ class ClassifierGuidance:
             x0 = x0.clamp(-1, 1)
             eps = eps_from_x0(x_t, x0, ab)
         return x0, eps
+
+
+class ClipGuidance(ClassifierGuidance):
+    """Shift a denoiser's eps_hat along the gradient of a noise-aware CLIP's similarity between x_t and captions.
+
+    ``clip``: a :class:`~genlab.nn.clip.NoisyCLIP`; ``tokens``: caption tokens (N, L) in the CLIP's own
+    vocabulary, one per sample (their embeddings are computed once). One CLIP image-encoder forward and backward
+    per call."""
+
+    def __init__(self, denoiser: Callable, clip, schedule: Schedule, tokens: torch.Tensor, scale: float,
+                 clip_x0: bool = True):
+        super().__init__(denoiser, None, schedule, None, scale, clip=clip_x0)
+        self.model = clip
+        with torch.no_grad():
+            self.text = clip.encode_text(tokens)
+
+    def grad_log_prob(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """grad_x of f(x_t, t) . g(c), each sample's with its own caption."""
+        with torch.enable_grad():
+            x = x_t.detach().requires_grad_(True)
+            sim = (self.model.encode_image(x, t) * self.text.to(x.device)).sum()
+            return torch.autograd.grad(sim, x)[0].to(x_t.dtype)
 
 
 def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:

@@ -13,4 +13,5 @@ from .masked_diffusion import MaskedDiffusionMethod  # noqa: F401
 from .gan import GANMethod  # noqa: F401
 from .vae import VAEMethod  # noqa: F401
 from .normalizing_flow import NormalizingFlowMethod  # noqa: F401
+from .clip import ClipMethod  # noqa: F401
 from ..registry import METHODS  # noqa: F401  (name -> class, filled by the imports above)

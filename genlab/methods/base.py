@@ -10,7 +10,8 @@ A method is one class in one file (``methods/diffusion.py``, ``methods/flow_matc
   arguments of :func:`genlab.api.sample` and the flags of ``genlab sample`` / ``genlab eval`` are generated
   from these dataclasses (see :func:`genlab.config.sample_section` and :func:`option_flags`);
 - ``inputs``: the tensors (not options) its sampler accepts besides labels: ``known`` / ``known_mask``
-  (inpainting), ``lowres`` (super-resolution), ``classifier`` (a guiding network);
+  (inpainting), ``lowres`` (super-resolution), ``classifier`` (a guiding network), ``clip`` with
+  ``clip_tokens`` (a guiding noise-aware CLIP and each sample's caption in its vocabulary);
 - ``likelihood``: what ``log_likelihood`` returns in bits/dim: ``exact``, ``bound``, ``estimate`` or ``none``;
   ``likelihood_draws``: its default number of Monte Carlo draws per image (None where it has none);
 
@@ -33,8 +34,8 @@ from .. import registry
 from ..config import Config, ConfigError, check_value
 
 LIKELIHOODS = ("exact", "bound", "estimate", "none")
-INPUTS = ("known", "known_mask", "lowres", "classifier")
-PER_SAMPLE = ("known", "known_mask", "lowres")     # inputs with one row per sample (cut into batches)
+INPUTS = ("known", "known_mask", "lowres", "classifier", "clip", "clip_tokens")
+PER_SAMPLE = ("known", "known_mask", "lowres", "clip_tokens")   # inputs with one row per sample (cut into batches)
 
 
 def register(cls):

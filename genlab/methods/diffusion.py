@@ -50,6 +50,7 @@ class DiffusionOptions:
     variance: str = choice("small", ("small", "large"), help="ddpm posterior variance: beta tilde or beta")
     guidance: float = num(1.0, 0.0, 1000.0, help="classifier-free guidance scale (1: none, 0: unconditional)")
     classifier_scale: float = num(1.0, 0.0, 1e6, help="classifier guidance scale (with --classifier)")
+    clip_scale: float = num(1.0, 0.0, 1e6, help="CLIP guidance scale (with --clip and --prompt)")
     resample: int = num(1, 1, 1000, help="RePaint resampling per step (inpainting, ddpm sampler)")
     lowres_t: float = num(0.1, 0.0, 1.0, help="upsampler: noise level of the low-res image, fraction of T")
 
@@ -60,7 +61,7 @@ class DiffusionMethod(Method):
     family = "diffusion"
     label = "diffusion"
     Options = DiffusionOptions
-    inputs = ("known", "known_mask", "lowres", "classifier")
+    inputs = ("known", "known_mask", "lowres", "classifier", "clip", "clip_tokens")
     likelihood = "bound"
     likelihood_draws = None          # None: all T terms of the bound
     conditions = ("class", "text", "image")
@@ -171,13 +172,17 @@ class DiffusionMethod(Method):
 
     # ------------------------------------------------------------------ sampling
     def denoiser(self, model, y: Optional[torch.Tensor] = None, guidance: Optional[float] = None,
-                 classifier=None, classifier_scale: float = 0.0):
+                 classifier=None, classifier_scale: float = 0.0, clip_model=None, clip_tokens=None,
+                 clip_scale: float = 0.0):
         """The model as a denoiser callable; with labels, ``guidance`` s wraps it in classifier-free guidance
         (1: the plain conditional model) and ``classifier`` (a noise-aware ``classifier(x_t, t) -> logits``) with
-        ``classifier_scale`` in classifier guidance (0: none). y: labels, or caption tokens for a text model."""
-        from ..diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance
+        ``classifier_scale`` in classifier guidance (0: none); ``clip_model`` (a noise-aware CLIP) with the
+        samples' ``clip_tokens`` and ``clip_scale`` in CLIP guidance. y: labels, or caption tokens for a text
+        model."""
+        from ..diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance, ClipGuidance
 
         clip = self.cfg.diffusion.clip_sample
+        outer = classifier is not None or clip_model is not None     # a gradient guide clips after its shift
         net = unwrap(model)
         if ((guidance is not None and guidance != 1.0) or classifier is not None) and y is None:
             raise ValueError("guidance needs a condition: give a prompt (--prompt) for a text-conditional model, "
@@ -187,12 +192,17 @@ class DiffusionMethod(Method):
                 raise ValueError("classifier-free guidance needs a class- or text-conditional model "
                                  "(model.class_cond or model.text_cond, trained with diffusion.cond_drop > 0)")
             den = ClassifierFreeGuidance(model, self.schedule, self.prediction, y, net.null_like(y[:1]), guidance,
-                                         clip=clip and classifier is None)
+                                         clip=clip and not outer)
         else:
             den = Denoiser(model, self.schedule, self.prediction, y=y if net.conditional else None,
-                           clip=clip and classifier is None)
+                           clip=clip and not outer)
         if classifier is not None:
-            den = ClassifierGuidance(den, classifier, self.schedule, y, classifier_scale, clip=clip)
+            den = ClassifierGuidance(den, classifier, self.schedule, y, classifier_scale,
+                                     clip=clip and clip_model is None)
+        if clip_model is not None:
+            if clip_tokens is None:
+                raise ValueError("CLIP guidance steers towards a caption: give a prompt (--prompt \"...\")")
+            den = ClipGuidance(den, clip_model, self.schedule, clip_tokens, clip_scale, clip_x0=clip)
         return den
 
     def prepare_inputs(self, model, n: int, opts, inputs: dict) -> dict:
@@ -205,11 +215,18 @@ class DiffusionMethod(Method):
         if opts.resample > 1 and (known is None or opts.sampler != "ddpm" or self.cfg.model.image_cond == "mask"):
             raise ValueError("resample (RePaint) applies to inpainting by replacement with the ddpm sampler")
         lowres = self._lowres(inputs, n, shape)
-        out = {"known": known, "known_mask": known_mask, "lowres": lowres, "classifier": inputs.get("classifier")}
+        tokens = inputs.get("clip_tokens")
+        if (inputs.get("clip") is None) != (tokens is None):
+            raise ValueError("CLIP guidance needs both the CLIP model (clip) and each sample's caption tokens "
+                             "(clip_tokens)")
+        if tokens is not None and len(tokens) != n:
+            raise ValueError(f"clip_tokens has {len(tokens)} rows for {n} samples: one caption per sample")
+        out = {"known": known, "known_mask": known_mask, "lowres": lowres, "classifier": inputs.get("classifier"),
+               "clip": inputs.get("clip"), "clip_tokens": tokens}
         return {k: v for k, v in out.items() if v is not None}
 
     def sample_batch(self, model, seeds: range, opts, *, y=None, device=None, callback=None, known=None,
-                     known_mask=None, lowres=None, classifier=None):
+                     known_mask=None, lowres=None, classifier=None, clip=None, clip_tokens=None):
         """One batch through the chosen sampler, with guidance, inpainting or an upsampler's low-res image."""
         m = self.cfg.model
         fn = get_sampler(opts.sampler)
@@ -233,6 +250,8 @@ class DiffusionMethod(Method):
         guide = {"guidance": opts.guidance} if opts.guidance != 1.0 else {}
         if classifier is not None:
             guide.update(classifier=classifier, classifier_scale=opts.classifier_scale)
+        if clip is not None:
+            guide.update(clip_model=clip, clip_tokens=clip_tokens.to(device), clip_scale=opts.clip_scale)
         den = self.denoiser(net_b, y, **guide)
         if known is not None and m.image_cond != "mask":
             from ..diffusion.tasks import Inpaint
