@@ -631,7 +631,8 @@ class B3:
         for fam in FAMILIES[1:]:
             v = self.quality.variants(fam)[0]
             rows.append(RowSpec(v, hi, "ema", "ddim", 50, False, u))
-        return rows
+        only = self.args.systems
+        return [r for r in rows if not only or r.variant.family in only]
 
     def part_quality(self) -> None:
         self.compare_dir()                   # the 30-minute run is compare_mnist's ddpm_v, in OUT/compare/runs
@@ -1349,6 +1350,8 @@ def main(argv=None):
                     "and a few dozen samples (a test, not a result); use another --out")
     ap.add_argument("--copy-docs", action="store_true", help="copy b3_fid_vs_nfe.png and b3_bpd_curves.png to docs/")
     ap.add_argument("--dry-run", action="store_true", help="print per part what is cached and a time estimate")
+    ap.add_argument("--systems", nargs="+", default=None, choices=list(FAMILIES),
+                    help="--part quality: only these systems' trainings and rows (to split the part over sessions)")
     a = ap.parse_args(argv)
 
     sm = a.smoke

@@ -187,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_inpaint(sub)
     sub.add_parser("configs", help="list the shipped config recipes")
+    s = sub.add_parser("serve", help="a local web app: runs, training curves, reports and live generation",
+                       description="Serve the runs directory as a web app (read-only) at http://HOST:PORT/.")
+    s.add_argument("--runs", default=None, help="runs directory [runs, or $GENLAB_RUNS]")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on [127.0.0.1: this machine only; another address warns]")
+    s.add_argument("--port", type=int, default=8000, help="port [8000]")
     return p
 
 
@@ -362,6 +368,14 @@ def _run(args) -> int:
                                   prompt=args.prompt, upsampler=args.upsampler, lowres_t=opts.pop("lowres_t", None),
                                   nrow=args.nrow, clip=args.clip, **opts)
         print(f"wrote {path} ({nfe} network evaluations per sample)")
+    elif args.command == "serve":
+        import os
+
+        from .serve import serve
+
+        if not 1 <= args.port <= 65535:
+            raise ValueError(f"--port {args.port}: a port is 1..65535")
+        serve(args.runs or os.environ.get("GENLAB_RUNS", "runs"), host=args.host, port=args.port)
     elif args.command == "demo":
         api.demo(name=args.name, time_budget=args.time_budget, runs_root=args.runs_dir, force=args.force)
     elif args.command == "data":

@@ -438,7 +438,7 @@ def _eval_callback(ctx: Context) -> None:
     cfg, t0 = ctx.cfg, time.perf_counter()
     n = cfg.train.eval_n
     x, nfe = ctx.method.sample(ctx.ema, n, seed=0, **_training_condition(ctx, n))
-    r = evaluate_samples(from_model(x, ctx.data.levels).numpy(), ctx.data.name, seed=0)
+    r = evaluate_samples(from_model(x, ctx.data.levels).numpy(), ctx.data.name, seed=0, root=cfg.data.root)
     rec = {"step": ctx.state.step, "time_used": ctx.state.time_used, "eval_n": n, "eval_nfe": nfe,
            "fid_train": r["fid_train"], "fid_matched_ratio": r["matched"]["ratio"], "precision": r["precision"],
            "recall": r["recall"], "entropy": r["entropy"], "eval_seconds": time.perf_counter() - t0}

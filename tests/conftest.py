@@ -24,6 +24,12 @@ def record(what: str, n: int = 1) -> None:
 
 
 def pytest_terminal_summary(terminalreporter):
+    for rep in terminalreporter.stats.get("skipped", []):
+        reason = str(getattr(rep, "longrepr", ""))
+        if "chromium-driver" in reason:
+            terminalreporter.write_line("browser tests skipped: sudo apt-get install chromium chromium-driver "
+                                        "(Debian packages), then make test again")
+            break
     if RELIABILITY:
         terminalreporter.section("reliability suites")
         for k in ("kills survived", "damaged files tried", "fuzz examples run", "path cases", "tracebacks seen"):

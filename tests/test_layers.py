@@ -54,8 +54,10 @@ LAYERS: tuple[Layer, ...] = (
     Layer("report", ("genlab.report",)),
     # 7: the Python API
     Layer("api", ("genlab.api",)),
-    # 8: the entry points, beside each other
-    Layer("cli/serve", ("genlab.cli", "genlab.serve")),
+    # 8: the web app (runs, reports, live generation)
+    Layer("serve", ("genlab.serve",)),
+    # 9: the command line, the one entry point: it dispatches to everything, `genlab serve` included
+    Layer("cli", ("genlab.cli",)),
 )
 TOP = "genlab"                 # genlab/__init__.py: above every layer, exempt as an importer
 TOP_LAYER = len(LAYERS)
@@ -257,7 +259,7 @@ def test_checker_finds_a_synthetic_upward_import():
         "genlab.nn.fake:7 imports genlab.api (layer 1 data/nn/diffusion -> layer 7 api)",
         "genlab.nn.fake:11 imports genlab.runs (layer 1 data/nn/diffusion -> layer 5 runs)",
         "genlab.nn.fake:12 imports genlab.eval.metrics (layer 1 data/nn/diffusion -> layer 4 train/eval)",
-        "genlab.nn.fake:14 imports genlab (layer 1 data/nn/diffusion -> layer 9 top genlab/__init__)",
+        "genlab.nn.fake:14 imports genlab (layer 1 data/nn/diffusion -> layer 10 top genlab/__init__)",
         "genlab.nn.fake:16 imports genlab.train.loop (layer 1 data/nn/diffusion -> layer 4 train/eval)"]
 
 

@@ -744,6 +744,25 @@ def _advance_bar(bar, t, state: LoopState) -> None:
         bar.update(min(round(state.time_used), bar.total) - bar.n)
 
 
+STATUS_FILE = "status.json"
+
+
+def write_status(run_dir: Path, state: "LoopState", status: str, last: Optional[dict] = None, **extra) -> None:
+    """``run_dir/status.json``, atomically: what a dashboard (genlab serve) reads to tell a live run from a dead
+    one: the writer's pid and host, a heartbeat (Unix time), the step, the training time used, ``status``
+    (running, done, interrupted, diverged) and the last metrics record. A failure to write it never stops
+    training."""
+    import os
+    import socket
+
+    rec = {"status": status, "pid": os.getpid(), "host": socket.gethostname(), "heartbeat": time.time(),
+           "step": state.step, "time_used": state.time_used, "last": last or {}, **extra}
+    try:
+        write_text_atomic(Path(run_dir) / STATUS_FILE, json.dumps(rec))
+    except OSError:
+        pass
+
+
 def _append_jsonl(path: Path, rec: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(rec) + "\n")
@@ -841,6 +860,8 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
     window = _Window()
     interrupted = False
     tr.ddp_model.train()
+    status = functools.partial(write_status, run_dir) if info.is_main else (lambda *a, **k: None)
+    status(state, "running")
 
     with stop:
         bar = _progress_bar(t, state, budget_s) if progress and info.is_main else None
@@ -862,6 +883,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
                     rec = window.record(state, lr)
                     read_back(tr, lr)
                     write_metrics(rec)
+                    status(state, "running", rec)
                     history.append(rec)
                     if bar is not None:
                         bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}",
@@ -894,6 +916,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
                             cb.fn(ctx)
                 barrier(info, stopping=lambda: stop.flag, timeout_s=t.dist_timeout)
         except RuntimeError as e:       # a collective's PeerLost, or a gloo / nccl error inside DDP's backward
+            status(state, "diverged" if isinstance(e, TrainingDiverged) else "interrupted", error=str(e)[:500])
             if not (info.enabled and is_peer_error(e)):
                 raise
             cause = e if isinstance(e, PeerLost) else _first_line(e)
@@ -914,6 +937,7 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
     except PeerLost as e:
         raise PeerLost(f"process {info.rank} lost the other training processes after the last step ({e}); the "
                        f"final checkpoint is {ck.newest_intact(tr.ckpt_root) or 'missing'}") from None
+    status(state, "interrupted" if interrupted else "done", next((h for h in reversed(history) if "loss" in h), None))
     teardown(info)
     return TrainResult(state=state, run_dir=run_dir, checkpoint=last_ckpt, interrupted=interrupted, history=history,
                        signal=stop.signal if interrupted else None)

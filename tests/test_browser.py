@@ -1,0 +1,147 @@
+"""genlab serve in a real browser: headless Chromium (Debian's chromium and chromium-driver, driven by Selenium
+through the binaries' own paths: no browser download) opens the runs list, a run page, a compare report and the
+live page, presses generate for a diffusion and a raster AR model side by side, waits for both final images, and
+fails on any console error. The time from pressing generate to the first frame is measured in the page and
+printed (reported, not asserted).
+
+Without Chromium the test is skipped with the packages to install; with GENLAB_REQUIRE_BROWSER=1 (set by
+.ci/run) a missing browser is a failure. GENLAB_SCREENSHOTS=DIR also saves a screenshot of each page there
+(the README's docs/serve_*.png: ``GENLAB_SCREENSHOTS=docs .venv/bin/python -m pytest tests/test_browser.py``).
+"""
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from serve_runs import make_runs
+
+CHROMIUM = [p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()]
+DRIVER = shutil.which("chromedriver") or next((p for p in ("/usr/bin/chromedriver",) if Path(p).exists()), None)
+MISSING = "the browser tests need Debian's chromium and chromium-driver: sudo apt-get install chromium chromium-driver"
+
+
+def _browser_or_skip():
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        why = "the browser tests need selenium (pip install -e '.[dev]')"
+    else:
+        why = None if CHROMIUM and DRIVER else MISSING
+    if why:
+        if os.environ.get("GENLAB_REQUIRE_BROWSER"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    _browser_or_skip()
+    import uvicorn
+
+    from genlab.serve import create_app
+
+    root = make_runs(tmp_path_factory.mktemp("browser"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(root), host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    deadline = time.time() + 20
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    t.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM[0]
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,900"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    d = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
+    d.set_page_load_timeout(30)
+    yield d
+    d.quit()
+
+
+def wait(d, cond, timeout=60, what="condition"):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            v = d.execute_script(cond)
+            if v:
+                return v
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}: {cond}")
+
+
+def no_console_errors(d):
+    bad = [e for e in d.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert not bad, bad
+
+
+def shot(d, name):
+    out = os.environ.get("GENLAB_SCREENSHOTS")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        d.save_screenshot(str(Path(out) / f"serve_{name}.png"))
+
+
+def test_runs_list_run_page_report_and_live_generation(server, browser, capsys):
+    d = browser
+    d.get(server + "/")
+    wait(d, "return document.querySelectorAll('.run-row').length >= 7", what="the runs table")
+    assert wait(d, "return document.querySelector('.badge.running') !== null", what="a running badge")
+    assert "config.yaml cannot be read" in d.find_element("id", "runs-errors").text
+    shot(d, "runs")
+    no_console_errors(d)
+
+    d.get(server + "/run/dif")
+    wait(d, "return document.querySelector('#loss-plot polyline.series-loss') !== null", what="the loss curve")
+    wait(d, "const i = document.getElementById('grid-img'); return i.complete && i.naturalWidth > 0",
+         what="a sample grid")
+    assert "method: diffusion" in d.find_element("id", "config").text
+    d.execute_script("const s = document.getElementById('grid-slider'); s.value = 0; s.oninput();")
+    assert "step 3" in d.find_element("id", "grid-step").text
+    shot(d, "run")
+    no_console_errors(d)
+
+    d.get(server + "/files/cmp/index.html")
+    wait(d, "const i = document.querySelector('img'); return i && i.complete && i.naturalWidth > 0",
+         what="the report's picture")
+    no_console_errors(d)
+
+    d.get(server + "/live?run=dif")
+    wait(d, "return document.getElementById('opt-steps') !== null", what="the diffusion controls")
+    d.execute_script("document.getElementById('opt-steps').value = 20;")
+    d.execute_script("const s = document.getElementById('run-1'); s.value = 'pcnn'; s.onchange();")
+    wait(d, "return document.querySelector('#panel-1 #opt-temperature') !== null", what="the AR controls")
+    d.find_element("id", "generate").click()
+    wait(d, "return document.body.dataset.state === 'done'", timeout=120, what="both generations")
+    frames = [int(d.execute_script(f"return document.getElementById('live-stats-{i}').dataset.frames || 0"))
+              for i in (0, 1)]
+    done = [d.execute_script(f"return document.getElementById('live-stats-{i}').dataset.done") for i in (0, 1)]
+    first_ms = float(d.execute_script("return document.getElementById('first-frame').dataset.ms"))
+    assert done == ["1", "1"], [d.find_element("id", f"live-stats-{i}").text for i in (0, 1)]
+    assert frames[0] >= 10 and frames[1] >= 10, frames
+    for i in (0, 1):
+        wait(d, f"const i = document.getElementById('live-img-{i}'); return i.complete && i.naturalWidth > 0",
+             what="the final image")
+    shot(d, "live")
+    no_console_errors(d)
+    with capsys.disabled():
+        print(f"\n[browser] live page: {frames[0]} frames (diffusion, DDIM-20) and {frames[1]} frames (PixelCNN, 64 "
+              f"steps); first frame {first_ms:.0f} ms after pressing generate")
