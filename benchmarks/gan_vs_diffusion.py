@@ -199,11 +199,36 @@ class Study:
         plt.close(fig)
         return p
 
+    def summary(self) -> list[str]:
+        """Plain statements from the numbers only (they change when the numbers do)."""
+        fam = {f: [r for r in self.results.values() if r["family"] == f] for f in ("gan", "diffusion")}
+        if not fam["gan"] or not fam["diffusion"]:
+            return []
+        ok = {f: [r for r in rs if not r["diverged"]] for f, rs in fam.items()}
+        out = []
+        if ok["gan"] and ok["diffusion"]:
+            g = np.array([r["fid_train"] for r in ok["gan"]])
+            d = np.array([r["fid_train"] for r in ok["diffusion"]])
+            better = "diffusion" if d.mean() < g.mean() else "the GAN"
+            out.append(f"Mean FID over training seeds: diffusion {d.mean():.2f} (sd {d.std(ddof=1) if len(d) > 1 else 0:.2f}), "
+                       f"GAN {g.mean():.2f} (sd {g.std(ddof=1) if len(g) > 1 else 0:.2f}): {better} is better by "
+                       f"{max(g.mean(), d.mean()) / max(min(g.mean(), d.mean()), 1e-9):.2f}x; the spread over seeds "
+                       f"is {'larger' if g.std() > d.std() else 'not larger'} for the GAN.")
+            rg = np.mean([r["recall"] for r in ok["gan"]])
+            rd = np.mean([r["recall"] for r in ok["diffusion"]])
+            out.append(f"Mode coverage (recall): diffusion {rd:.3f}, GAN {rg:.3f}.")
+        for f, name in (("gan", "GAN"), ("diffusion", "diffusion")):
+            bad = [r["name"] for r in fam[f] if failed(r)]
+            out.append(f"{name}: {len(bad)} of {len(fam[f])} runs failed by the stated criterion"
+                       + (f" ({', '.join(bad)})." if bad else "."))
+        return out
+
     def report(self) -> None:
         a = self.args
         md = [f"# GAN vs diffusion on {a.data}: {BUDGETS[a.data]} of training per run, {a.n} samples per run\n",
               f"Failed: diverged (non-finite loss) or collapsed (class entropy < {COLLAPSE_ENTROPY:.2f} or recall < "
-              f"{COLLAPSE_RECALL}).\n", self.table(), "![loss curves](loss_curves.png)\n"]
+              f"{COLLAPSE_RECALL}).\n", *[f"- {line}" for line in self.summary()], "", self.table(),
+              "![loss curves](loss_curves.png)\n"]
         if self.results:
             self.plot()
         (self.out / "README.md").write_text("\n".join(md))
@@ -220,7 +245,8 @@ def main(argv=None):
     ap.add_argument("--mnist", default=str(REPO.parent / "shared" / "data" / "mnist"))
     ap.add_argument("--out", default=None)
     ap.add_argument("--smoke", action="store_true", help="20 training steps of a tiny model: a pipeline check")
-    ap.add_argument("--copy-docs", action="store_true", help="copy the loss curves to docs/gvd_<data>_losses.png")
+    ap.add_argument("--copy-docs", action="store_true",
+                    help="copy the table and loss curves to docs/gvd_<data>.md and docs/gvd_<data>_losses.png")
     a = ap.parse_args(argv)
     a.n = a.n or (2000 if a.data == "mnist" else 1000)
     if a.smoke:
@@ -239,6 +265,8 @@ def main(argv=None):
         import shutil
 
         shutil.copy(study.out / "loss_curves.png", REPO / "docs" / f"gvd_{a.data}_losses.png")
+        md = (study.out / "README.md").read_text().replace("](loss_curves.png)", f"](gvd_{a.data}_losses.png)")
+        (REPO / "docs" / f"gvd_{a.data}.md").write_text(md)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Without Chromium the test is skipped with the packages to install; with GENLAB_R
 .ci/run) a missing browser is a failure. GENLAB_SCREENSHOTS=DIR also saves a screenshot of each page there
 (the README's docs/serve_*.png: ``GENLAB_SCREENSHOTS=docs .venv/bin/python -m pytest tests/test_browser.py``).
 """
+import json
 import os
 import shutil
 import socket
@@ -21,6 +22,13 @@ from serve_runs import make_runs
 
 CHROMIUM = [p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()]
 DRIVER = shutil.which("chromedriver") or next((p for p in ("/usr/bin/chromedriver",) if Path(p).exists()), None)
+ROOTS = {}
+
+
+def server_root(url):
+    return ROOTS[url]
+
+
 MISSING = "the browser tests need Debian's chromium and chromium-driver: sudo apt-get install chromium chromium-driver"
 
 
@@ -54,6 +62,7 @@ def server(tmp_path_factory):
     deadline = time.time() + 20
     while not srv.started and time.time() < deadline:
         time.sleep(0.05)
+    ROOTS[f"http://127.0.0.1:{port}"] = root
     yield f"http://127.0.0.1:{port}"
     srv.should_exit = True
     t.join(10)
@@ -117,6 +126,24 @@ def test_runs_list_run_page_report_and_live_generation(server, browser, capsys):
     d.execute_script("const s = document.getElementById('grid-slider'); s.value = 0; s.oninput();")
     assert "step 3" in d.find_element("id", "grid-step").text
     shot(d, "run")
+    no_console_errors(d)
+
+    for name in ("pcnn", "cfg", "txt", "gan", "broken"):           # every kind of run has a page that loads
+        d.get(server + "/run/" + name)
+        wait(d, "return document.getElementById('run-stats').textContent.length > 0 || "
+                "document.querySelector('#run-error .error') !== null", what=f"the page of {name}")
+    assert "cannot be read" in d.find_element("id", "run-error").text             # broken: an error card
+    no_console_errors(d)
+
+    # a run that is still training: new records appear without a reload
+    d.get(server + "/run/live")
+    wait(d, "return document.querySelector('#loss-plot polyline.series-loss') !== null", what="the live run's curve")
+    n0 = d.execute_script("return document.querySelector('#loss-plot polyline.series-loss').points.length")
+    root = server_root(server)
+    with open(root / "live" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 10, "loss": 0.3, "time_used": 5.0}) + "\n")
+    wait(d, f"return document.querySelector('#loss-plot polyline.series-loss').points.length > {n0}", timeout=20,
+         what="the new point of a run that is still training")
     no_console_errors(d)
 
     d.get(server + "/files/cmp/index.html")

@@ -63,12 +63,22 @@ def test_run_page_data_and_live_updates(client, root):
     assert client.get(f"/files/dif/{d['grids'][0]['path']}").headers["content-type"] == "image/png"
     dead = client.get("/api/run/dead").json()
     assert any("error" in c for c in dead["checkpoint_list"])            # a half-written checkpoint
-    # a run that is still training: new records after the page loaded come with ?after=
+    # a run that is still training: records after the first LINES lines come with ?since=LINES
     with open(root / "live" / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 4, "loss": 0.4, "time_used": 2.0}) + "\n" + '{"step": 5, "lo')   # a torn line
-    u = client.get("/api/run/live?after=2").json()
-    assert [r["step"] for r in u["metrics"]] == [4] and u["status"] == "running"
-    assert client.get("/api/run/live?after=x").status_code == 400
+    first = client.get("/api/run/live").json()
+    assert first["lines"] == 2                               # the torn third line is not counted yet
+    u = client.get("/api/run/live?since=1").json()
+    assert [r["step"] for r in u["metrics"]] == [4] and u["status"] == "running" and u["lines"] == 2
+    # the torn line completes later, and a validation record of an earlier step comes after it: both arrive
+    with open(root / "live" / "metrics.jsonl", "a") as f:
+        f.write('ss": 0.3}\n' + json.dumps({"step": 4, "val_loss": 0.45}) + "\n"
+                + json.dumps({"step": 6, "loss": float("inf"), "fid_matched_ratio": float("nan")}) + "\n")
+    u2 = client.get(f"/api/run/live?since={u['lines']}").json()
+    assert [(r["step"], sorted(r)) for r in u2["metrics"]][:2] == [(5, ["loss", "step"]), (4, ["step", "val_loss"])]
+    assert u2["metrics"][2]["loss"] is None and u2["best_val_loss"] == 0.45          # inf / nan: null in JSON
+    assert client.get("/api/run/live?since=x").status_code == 400
+    assert client.get("/api/runs").status_code == 200
 
 
 @pytest.mark.parametrize("path", ["/files/../../etc/passwd", "/files/%2e%2e/%2e%2e/etc/passwd", "/files//etc/passwd",
@@ -87,11 +97,21 @@ def test_refused_paths(client, root, path, tmp_path_factory):
 
 def test_host_and_origin_checks(root):
     c = TestClient(create_app(root))                       # only the local names
-    assert c.get("/api/runs", headers={"host": "127.0.0.1:8000"}).status_code == 200
+    h = {"host": "127.0.0.1:8000"}
+    assert c.get("/api/runs", headers=h).status_code == 200
     assert c.get("/api/runs", headers={"host": "localhost:8000"}).status_code == 200
     assert c.get("/api/runs", headers={"host": "evil.example:8000"}).status_code == 403     # DNS rebinding
-    assert c.get("/api/runs", headers={"host": "127.0.0.1:8000", "origin": "http://evil.example"}).status_code == 403
-    assert c.get("/api/runs", headers={"host": "127.0.0.1:8000", "origin": "http://127.0.0.1:8000"}).status_code == 200
+    assert c.get("/api/runs", headers={"host": "10.0.0.5:8000"}).status_code == 403
+    assert c.get("/api/runs", headers={**h, "origin": "http://evil.example"}).status_code == 403
+    assert c.get("/api/runs", headers={**h, "origin": "http://127.0.0.1:9999"}).status_code == 403  # another port
+    assert c.get("/api/runs", headers={**h, "origin": "http://127.0.0.1:8000"}).status_code == 200
+    # an <img> or no-cors fetch from another page sends no Origin, but the browser marks it cross-site
+    assert c.get("/api/generate?run=dif", headers={**h, "sec-fetch-site": "cross-site"}).status_code == 403
+    assert c.get("/api/runs", headers={**h, "sec-fetch-site": "same-site"}).status_code == 403
+    assert c.get("/api/runs", headers={**h, "sec-fetch-site": "same-origin"}).status_code == 200
+    wild = TestClient(create_app(root, ip_literals=True))  # listening on 0.0.0.0: any IP address, still no names
+    assert wild.get("/api/runs", headers={"host": "10.0.0.5:8000"}).status_code == 200
+    assert wild.get("/api/runs", headers={"host": "evil.example:8000"}).status_code == 403
 
 
 def test_read_only(client):
@@ -135,6 +155,9 @@ def test_generation_errors_are_events_not_500s(client):
     events = sse(client.get("/api/generate?run=cfg&class=12").text)
     assert events[-1][0] == "error" and "class must be in 0..9" in events[-1][1]["message"]
     assert client.get("/api/generate?run=../etc").status_code == 404
+    # a browser's EventSource gets a refusal as one error event it can show
+    r = client.get("/api/generate?run=../etc", headers={"accept": "text/event-stream"})
+    assert r.status_code == 200 and sse(r.text) == [("error", {"event": "error", "message": "no such run"})]
 
 
 def test_busy_when_too_many_wait(root):
@@ -158,3 +181,15 @@ def test_training_writes_its_status(root):
     st = json.loads((root / "dif" / "status.json").read_text())
     assert st["status"] == "done" and st["step"] == 6 and st["pid"] == os.getpid() and time.time() - st["heartbeat"] < 600
     assert "loss" in st["last"]
+
+
+def test_a_waiting_generation_is_cancelled_when_its_browser_leaves(root):
+    """A second generation waits while another holds the slot; its browser leaving (the cancel flag) ends it with
+    'cancelled' before any sampling, and frees its place in the queue."""
+    gens = Generations(max_waiting=1)
+    gens.active, gens.active_streams = "someone-else", 1
+    events, cancel = gens.start(root / "dif", {"pair": "mine"})
+    assert events.get(timeout=5) == {"event": "queued"}
+    cancel.set()
+    assert events.get(timeout=5) == {"event": "cancelled"}
+    assert events.get(timeout=5) is None and gens.pending == 0

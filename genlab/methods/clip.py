@@ -4,7 +4,8 @@ captioned images noised with the diffusion schedule of the ``diffusion`` section
 it guides, checked when guiding).
 
 Loss (Radford et al. 2021, Fig. 3): the symmetric cross-entropy of the batch's image-caption logits, each image's
-own caption the right answer among the batch's captions and the other way round, in nats. Guidance
+own caption the right answer among the batch's captions and the other way round, in nats (under several
+processes, among the whole global batch's). Guidance
 (:class:`genlab.diffusion.guidance.ClipGuidance`) adds s * grad_x (f(x_t, t) . g(c)) to the sampler's mean, in
 eps form like classifier guidance.
 """
@@ -22,6 +23,19 @@ from ..diffusion.process import q_sample
 from ..rng import StepRNG
 from .base import Method, register
 from .categorical import square_shape, unwrap
+
+
+def gather_embeddings(img: torch.Tensor, txt: torch.Tensor):
+    """(every process's image embeddings, every process's caption embeddings, this process's row offset): under
+    several processes the negatives of each pair are the whole global batch, as with one process (gathered with
+    gradients, torch.distributed.nn.all_gather; the micro-batch rows of process r start at r * rows)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return img, txt, 0
+    from torch.distributed.nn import all_gather
+
+    return torch.cat(all_gather(img)), torch.cat(all_gather(txt)), dist.get_rank() * img.shape[0]
 
 
 @dataclass
@@ -77,9 +91,12 @@ class ClipMethod(Method):
         eps = rng.randn(*x0.shape[1:])
         x_t = q_sample(x0, self.schedule.alphas_cumprod.to(x0.device)[t], eps)
         tokens = unwrap(model).text.tokenizer.encode(batch["text"]).to(x0.device)
-        logits = model(x_t, t, tokens).float()
-        target = torch.arange(len(x0), device=x0.device)
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        img, txt, scale = model(x_t, t, tokens)
+        img_all, txt_all, offset = gather_embeddings(img, txt)
+        target = torch.arange(len(x0), device=x0.device) + offset
+        logits_i = scale * img.float() @ txt_all.float().T          # this process's images vs every caption
+        logits_t = scale * txt.float() @ img_all.float().T          # this process's captions vs every image
+        return (F.cross_entropy(logits_i, target) + F.cross_entropy(logits_t, target)) / 2
 
     @torch.no_grad()
     def retrieval_accuracy(self, model, x: torch.Tensor, captions: list, t: int) -> float:

@@ -19,8 +19,10 @@ One step: a discriminator update on the step's real batch and a fresh batch of f
 another batch of fakes (with D frozen). Both optimizers are Adam with ``gan.betas`` (DCGAN: 0.5, 0.999), the
 schedule's learning rate for G and ``gan.d_lr_mult`` times it for D (the two time-scale rule of Heusel et al.
 2017 when != 1). The EMA of the generator (``train.ema_decay``; Yazici et al. 2019, "The Unusual Effectiveness of
-Averaging in GAN Training") is what samples by default. Under several processes the gradients are all-reduced
-by hand (DDP cannot take R1's double backward); the generator's batch-norm statistics are then per process.
+Averaging in GAN Training") is what samples by default; its batch-norm statistics are averaged like its weights
+(see :func:`genlab.train.loop.ema_update`). Under several processes the gradients are all-reduced by hand (DDP
+cannot take R1's double backward) and the losses checked for finiteness are averaged over the processes, so a
+non-finite loss stops them all; the generator's batch-norm statistics are then per process.
 
 The logged ``loss`` is the discriminator's; ``g_loss``, ``d_real`` and ``d_fake`` (mean logits) and ``r1`` are
 logged beside it. There is no likelihood (``likelihood = "none"``) and no validation loss: a GAN's losses say
@@ -167,7 +169,7 @@ class GANMethod(Method):
             logs["d_fake"] += d_fake.detach().float().mean() / k
         d_params = list(D.parameters())
         kit.average_gradients(tr, d_params)
-        kit.check_finite(tr, total_d, kit.clip_gradients(tr, d_params), lr)
+        kit.check_finite(tr, kit.mean_over_processes(tr, total_d), kit.clip_gradients(tr, d_params), lr)
         kit.apply_gradients(tr, [d_opt])
 
         # the generator: fresh fakes, the discriminator frozen
@@ -182,7 +184,7 @@ class GANMethod(Method):
         D.requires_grad_(True)
         g_params = list(G.parameters())
         kit.average_gradients(tr, g_params)
-        kit.check_finite(tr, logs["g_loss"], kit.clip_gradients(tr, g_params), lr)
+        kit.check_finite(tr, kit.mean_over_processes(tr, logs["g_loss"]), kit.clip_gradients(tr, g_params), lr)
         kit.apply_gradients(tr, [g_opt])
         d_opt.zero_grad(set_to_none=True)
 

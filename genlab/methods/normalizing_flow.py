@@ -40,7 +40,7 @@ class NFlowConfig:
     steps: int = num(4, 1, 256)                # flow steps per scale
     width: int = num(64, 1, 4096)              # channels of the coupling networks
     dequantization: str = choice("uniform", DEQUANTIZATIONS, help="u ~ U[0, 1) or a learned q(u | x) (Flow++)")
-    alpha: float = num(0.05, 0.0, 0.5, hi_open=True)   # logit transform margin (RealNVP sec. 4.1)
+    alpha: float = num(0.05, 0.0, 0.5, lo_open=True, hi_open=True)   # logit transform margin (RealNVP sec. 4.1)
 
 
 @dataclass

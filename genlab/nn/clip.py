@@ -43,7 +43,6 @@ class NoisyCLIP(nn.Module):
         """Unit-norm embeddings (N, embed_dim) of caption tokens."""
         return F.normalize(self.text_proj(self.text(tokens)[1]).float(), dim=-1)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Image-caption logits (N images, N captions): scaled cosine similarities."""
-        scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
-        return scale * self.encode_image(x_t, t) @ self.encode_text(tokens).T
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor):
+        """(image embeddings, caption embeddings, logit scale): the logits are scale * images @ captions.T."""
+        return self.encode_image(x_t, t), self.encode_text(tokens), self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()

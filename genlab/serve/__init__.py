@@ -34,14 +34,15 @@ def serve(runs="runs", host: str = "127.0.0.1", port: int = 8000, log=print) -> 
     if not root.is_dir():
         raise FileNotFoundError(f"--runs {runs}: no such directory (train a run first: genlab train ...)")
     hosts = set(LOCAL_HOSTS)
+    wildcard = host in ("0.0.0.0", "::", "[::]")
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {host}, not only on this machine: anyone who can reach {host}:{port} can see "
               f"your runs and use this machine's CPU/GPU to generate", file=sys.stderr)
         hosts.add(host)
-        if host in ("0.0.0.0", "::"):
-            hosts.add(socket.gethostname())
+        if wildcard:
+            hosts.add(socket.gethostname().lower())
     check_port(host, port)
-    app = create_app(root, hosts=tuple(hosts))
+    app = create_app(root, hosts=tuple(hosts), ip_literals=wildcard)
     shown = f"[{host}]" if ":" in host else host
     log(f"genlab serve: {root.resolve()} at http://{shown}:{port}/  (Ctrl-C stops)")
     uvicorn.run(app, host=host.strip("[]"), port=port, log_level="warning")

@@ -2,8 +2,8 @@
 
 Pages (static HTML + one script, no build step, no CDN): ``/`` the runs list, ``/run/NAME`` a run,
 ``/live`` live generation; compare reports are served as they are, ``/files/REPORT/index.html`` with their
-pictures. JSON: ``/api/runs``, ``/api/run/NAME`` (``?after=STEP``: only newer metric records, for a run that is
-still training), ``/api/options/NAME`` (the live page's controls), and ``/api/generate?run=NAME&...``, a stream of
+pictures. JSON: ``/api/runs``, ``/api/run/NAME`` (``?since=LINES``: only the metric records after the first LINES
+lines, with the status and summary, for a run that is still training), ``/api/options/NAME`` (the live page's controls), and ``/api/generate?run=NAME&...``, a stream of
 server-sent events (frames).
 
 Guards, on every request: the Host header must name this server (no DNS rebinding) and an Origin header, when
@@ -40,22 +40,36 @@ def _split_host(value: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
-class Guard(BaseHTTPMiddleware):
-    """403 for a Host header that is not one of ``hosts`` and for an Origin that is not one of this server's."""
+def _is_ip(host: str) -> bool:
+    import ipaddress
 
-    def __init__(self, app, hosts: tuple):
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+class Guard(BaseHTTPMiddleware):
+    """403 for a Host header that is not one of ``hosts`` (with ``ip_literals``, a server listening on every
+    interface, any IP address too: DNS rebinding needs a name), for an Origin that is not exactly this server's
+    (scheme, host and port of the Host header), and for requests a browser marks as coming from another site
+    (``Sec-Fetch-Site``: an <img> or a no-cors fetch on another page sends no Origin)."""
+
+    def __init__(self, app, hosts: tuple, ip_literals: bool = False):
         super().__init__(app)
-        self.hosts = {h.lower() for h in hosts}
+        self.hosts, self.ip_literals = {h.lower() for h in hosts}, ip_literals
 
     async def dispatch(self, request: Request, call_next):
-        host = _split_host(request.headers.get("host", "")).lower()
-        if host not in self.hosts:
+        raw = request.headers.get("host", "").lower()
+        host = _split_host(raw)
+        if host not in self.hosts and not (self.ip_literals and _is_ip(host)):
             return PlainTextResponse("refused: unexpected Host header", status_code=403)
         origin = request.headers.get("origin")
-        if origin is not None:
-            rest = origin.split("://", 1)[-1]
-            if _split_host(rest).lower() not in self.hosts:
-                return PlainTextResponse("refused: cross-origin request", status_code=403)
+        if origin is not None and origin.lower() != f"http://{raw}":
+            return PlainTextResponse("refused: cross-origin request", status_code=403)
+        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            return PlainTextResponse("refused: cross-site request", status_code=403)
         response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
@@ -75,12 +89,17 @@ def safe_file(root: Path, rel: str):
     return p if p.is_file() and p.is_relative_to(root.resolve()) else None
 
 
-def create_app(runs_dir, *, hosts: tuple = LOCAL_HOSTS, generations: Generations = None) -> Starlette:
+def create_app(runs_dir, *, hosts: tuple = LOCAL_HOSTS, generations: Generations = None,
+               ip_literals: bool = False) -> Starlette:
     root = Path(runs_dir).resolve()
     gens = generations or Generations()
 
     def not_found(what="not found"):
         return JSONResponse({"error": what}, status_code=404)
+
+    def unreadable(e: Exception):
+        """A run whose files cannot be read (permissions, a disk error): its reason for the page's error card."""
+        return JSONResponse({"error": f"cannot read this run: {type(e).__name__}: {e}"[:500]}, status_code=422)
 
     async def page(request: Request):
         return FileResponse(STATIC / PAGES[request.url.path], media_type="text/html")
@@ -108,15 +127,26 @@ def create_app(runs_dir, *, hosts: tuple = LOCAL_HOSTS, generations: Generations
         d = index.find_dir(root, request.path_params["name"])
         if d is None or not (d / "config.yaml").exists():
             return not_found("no such run")
-        after = request.query_params.get("after")
-        if after is not None:
+        since = request.query_params.get("since")
+        if since is not None:
             try:
-                after = int(after)
+                since = int(since)
+                if since < 0:
+                    raise ValueError
             except ValueError:
-                return JSONResponse({"error": "after must be a step number"}, status_code=400)
-            return JSONResponse({"metrics": index.read_metrics(d, after), "grids": index.grids(d),
-                                 "status": index.run_status(d)})
-        return JSONResponse(await asyncio.to_thread(index.run_detail, d, root))
+                return JSONResponse({"error": "since must be a line count (>= 0)"}, status_code=400)
+            try:
+                metrics, lines = index.read_metrics(d, since)
+                s = index.summary(d, root)
+                return JSONResponse({"metrics": metrics, "lines": lines, "grids": index.grids(d),
+                                     "status": s.get("status"), "best_val_loss": s.get("best_val_loss"),
+                                     "latest_fid": s.get("latest_fid")})
+            except OSError as e:
+                return unreadable(e)
+        try:
+            return JSONResponse(await asyncio.to_thread(index.run_detail, d, root))
+        except OSError as e:
+            return unreadable(e)
 
     async def api_options(request: Request):
         d = index.find_dir(root, request.path_params["name"])
@@ -130,13 +160,23 @@ def create_app(runs_dir, *, hosts: tuple = LOCAL_HOSTS, generations: Generations
 
     async def api_generate(request: Request):
         params = dict(request.query_params)
+        # a browser's EventSource (Accept: text/event-stream) cannot read an error status: it gets the refusal as
+        # one error event; other clients get the JSON error with its status
+        sse = "text/event-stream" in request.headers.get("accept", "")
+
+        def refuse(message: str, status: int):
+            if sse:
+                body = f"event: error\ndata: {json.dumps({'event': 'error', 'message': message})}\n\n"
+                return Response(body, media_type="text/event-stream")
+            return JSONResponse({"error": message}, status_code=status)
+
         d = index.find_dir(root, params.pop("run", ""))
         if d is None or not (d / "config.yaml").exists():
-            return not_found("no such run")
+            return refuse("no such run", 404)
         try:
             events, cancel = gens.start(d, params)
         except Busy as e:
-            return JSONResponse({"error": str(e)}, status_code=429)
+            return refuse(str(e), 429)
 
         async def stream():
             try:
@@ -164,6 +204,6 @@ def create_app(runs_dir, *, hosts: tuple = LOCAL_HOSTS, generations: Generations
               Route("/api/runs", api_runs), Route("/api/run/{name:path}", api_run),
               Route("/api/options/{name:path}", api_options), Route("/api/generate", api_generate),
               Route("/favicon.ico", favicon)]
-    app = Starlette(routes=routes, middleware=[Middleware(Guard, hosts=tuple(hosts))])
+    app = Starlette(routes=routes, middleware=[Middleware(Guard, hosts=tuple(hosts), ip_literals=ip_literals)])
     app.state.root, app.state.generations = root, gens
     return app

@@ -7,6 +7,7 @@ the reason, never an exception.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
@@ -20,27 +21,43 @@ STATUS_STALE_S = 600          # a status from another host counts as alive while
 GRID = re.compile(r"step_(\d+)\.png$")
 
 
+def finite(obj):
+    """``obj`` with every non-finite float (inf, nan: an FID ratio over a zero floor, a diverged loss) as None, so
+    that it is valid JSON for the page."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def _read_json(path: Path):
-    return json.loads(path.read_text())
+    return finite(json.loads(path.read_text()))
 
 
-def read_metrics(run_dir: Path, after: int = 0) -> list[dict]:
-    """The records of metrics.jsonl (damaged lines, e.g. cut by a kill, are skipped); ``after``: only records of
-    steps > after (for live updates)."""
+def read_metrics(run_dir: Path, since: int = 0) -> tuple[list[dict], int]:
+    """(the records of metrics.jsonl from its line ``since`` on, the number of complete lines): damaged lines
+    (cut by a kill) are skipped, a last line still being written is left for the next read, so that a page that
+    follows a training asks for ``since`` = the count it got and misses nothing (validation and FID records come
+    after the training record of their step)."""
     p = run_dir / "metrics.jsonl"
     out = []
     try:
-        text = p.read_text()
+        text = p.read_text(errors="replace")
     except OSError:
-        return out
-    for line in text.splitlines():
+        return out, since
+    lines = text.split("\n")
+    complete = lines[:-1]                     # the last element is "" or a line still being written
+    for line in complete[since:]:
         try:
-            rec = json.loads(line)
+            rec = finite(json.loads(line))
         except ValueError:
             continue
-        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] > after:
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
             out.append(rec)
-    return out
+    return out, len(complete)
 
 
 def _alive(st: dict) -> bool:
@@ -112,7 +129,7 @@ def summary(run_dir: Path, root: Path) -> dict:
         return {**row, "error": f"config.yaml cannot be read ({type(e).__name__}: {str(e)[:120]})"}
     data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-    metrics = read_metrics(run_dir)
+    metrics, _ = read_metrics(run_dir)
     losses = [r for r in metrics if "loss" in r]
     vals = [r["val_loss"] for r in metrics if isinstance(r.get("val_loss"), (int, float))]
     fids = [r for r in metrics if isinstance(r.get("fid_train"), (int, float))]
@@ -173,7 +190,8 @@ def run_detail(run_dir: Path, root: Path) -> dict:
         row["config_text"] = (run_dir / "config.yaml").read_text()
     except OSError:
         row["config_text"] = ""
-    row.update({"metrics": read_metrics(run_dir), "grids": grids(run_dir), "checkpoint_list": checkpoints(run_dir)})
+    metrics, lines = read_metrics(run_dir)
+    row.update({"metrics": metrics, "lines": lines, "grids": grids(run_dir), "checkpoint_list": checkpoints(run_dir)})
     return row
 
 

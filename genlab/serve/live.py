@@ -151,7 +151,7 @@ class Generations:
 
     def start(self, run_dir: Path, params: dict) -> tuple[queue.Queue, threading.Event]:
         """Queue one stream of a generation (``params["pair"]``: the generation's id, shared by the two streams
-        of a side-by-side generation; absent: a generation of its own); returns its event queue (dicts; None ends
+        of a side-by-side generation, at most two at once; absent: a generation of its own); returns its event queue (dicts; None ends
         it) and its cancel flag. Busy when too many are waiting."""
         pair = str(params.pop("pair", "") or id(params))
         with self.cond:
@@ -165,7 +165,7 @@ class Generations:
 
     def _acquire(self, pair: str, cancel: threading.Event) -> None:
         with self.cond:
-            while self.active not in (None, pair):
+            while self.active not in (None, pair) or (self.active == pair and self.active_streams >= 2):
                 if cancel.is_set():
                     raise Cancelled()
                 self.cond.wait(0.2)

@@ -191,12 +191,18 @@ def ema_decay_at(train_cfg, step: int) -> float:
 
 
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model (Polyak averaging, as in DDPM's released code)."""
+    """ema <- decay * ema + (1 - decay) * model (Polyak averaging, as in DDPM's released code). Batch-norm running
+    statistics are averaged the same way (as timm's ModelEma does), so that an averaged network with batch norm
+    (a GAN's generator) normalizes with statistics of about the same window of weights; every other buffer (step
+    counters, spectral norm's power-iteration vectors) is copied."""
     ep = [p for p in ema.parameters()]
     mp = [p.detach() for p in model.parameters()]
     torch._foreach_lerp_(ep, mp, 1.0 - decay)
-    for eb, mb in zip(ema.buffers(), model.buffers()):
-        eb.copy_(mb)
+    for (name, eb), mb in zip(ema.named_buffers(), model.buffers()):
+        if eb.is_floating_point() and name.rsplit(".", 1)[-1] in ("running_mean", "running_var"):
+            eb.lerp_(mb, 1.0 - decay)
+        else:
+            eb.copy_(mb)
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -384,7 +390,8 @@ class Trainer:
     def kit(self):
         """The loop's pieces for a method's own ``train_step`` (methods sit below the training layer and do not
         import it): ``tr.kit.micro_batch``, ``reduce_step``, ``clip_gradients``, ``check_finite``,
-        ``apply_gradients``, ``average_gradients``, ``ema_update``, ``ema_decay_at``, ``set_lr``, ``StepResult``."""
+        ``apply_gradients``, ``average_gradients``, ``mean_over_processes``, ``ema_update``, ``ema_decay_at``,
+        ``set_lr``, ``StepResult``."""
         return STEP_KIT
 
     @property
@@ -606,6 +613,16 @@ def apply_gradients(tr: Trainer, optimizers: Optional[list] = None) -> None:
         tr.scaler.update()
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
+
+
+def mean_over_processes(tr: Trainer, value: torch.Tensor) -> torch.Tensor:
+    """A 0-d tensor averaged over the processes (itself with one): what a method's own step hands to
+    :func:`check_finite` before an update, so that a non-finite loss on one process stops every process."""
+    if not tr.dist.enabled:
+        return value
+    t = value.detach().float().reshape(1).clone()
+    all_reduce_sum(t, tr.dist)
+    return t[0] / tr.dist.world
 
 
 def average_gradients(tr: Trainer, params: list) -> None:
@@ -924,6 +941,9 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
             raise PeerLost(f"process {info.rank} lost the other training processes at step {state.step} "
                            f"({cause}); this step was not saved. Last good checkpoint: {good or 'none yet'}; "
                            "resume with --resume once every process can run") from None
+        except BaseException as e:      # anything else ends the run too: its status must not stay "running"
+            status(state, "interrupted", error=f"{type(e).__name__}: {e}"[:500])
+            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -944,8 +964,8 @@ def train(cfg: Config, run_dir, *, method, model: torch.nn.Module, train_data: I
 
 
 STEP_KIT = type("StepKit", (), {})()       # filled below: Trainer.kit
-for _f in (micro_batch, reduce_step, clip_gradients, check_finite, apply_gradients, average_gradients, ema_update,
-           ema_decay_at, set_lr, StepResult):
+for _f in (micro_batch, reduce_step, clip_gradients, check_finite, apply_gradients, average_gradients,
+           mean_over_processes, ema_update, ema_decay_at, set_lr, StepResult):
     setattr(STEP_KIT, _f.__name__, _f)
 
 

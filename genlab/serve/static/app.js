@@ -68,8 +68,9 @@ function plotLoss(svg, metrics) {
     .map(([k, c]) => [k, c, metrics.filter(r => typeof r[k] === "number" && isFinite(r[k]) && r[k] > 0)])
     .filter(s => s[2].length);
   if (!series.length) return;
-  const xs = series.flatMap(s => s[2].map(r => r.step)), ys = series.flatMap(s => s[2].map(r => Math.log10(s[0] ? r[s[0]] : 1)));
-  const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1), y0 = Math.min(...ys), y1 = Math.max(...ys, y0 + 1e-6);
+  const xs = series.flatMap(s => s[2].map(r => r.step)), ys = series.flatMap(s => s[2].map(r => Math.log10(r[s[0]])));
+  const lo = a => a.reduce((m, v) => v < m ? v : m, Infinity), hi = a => a.reduce((m, v) => v > m ? v : m, -Infinity);
+  const x0 = lo(xs), x1 = Math.max(hi(xs), x0 + 1), y0 = lo(ys), y1 = Math.max(hi(ys), y0 + 1e-6);
   const sx = v => P + (v - x0) / (x1 - x0) * (W - 2 * P), sy = v => H - P + (P - H + P) * (v - y0) / (y1 - y0);
   const ns = "http://www.w3.org/2000/svg";
   const add = (tag, a) => { const e = document.createElementNS(ns, tag); for (const k in a) e.setAttribute(k, a[k]); svg.append(e); return e; };
@@ -81,6 +82,7 @@ function plotLoss(svg, metrics) {
   series.forEach(([k, c, rs], i) => {
     add("polyline", {fill: "none", stroke: c, "stroke-width": 1.5, class: "series-" + k,
                      points: rs.map(r => `${sx(r.step)},${sy(Math.log10(r[k]))}`).join(" ")});
+    if (rs.length < 30) for (const r of rs) add("circle", {cx: sx(r.step), cy: sy(Math.log10(r[k])), r: 2, fill: c});
     t(W - P - 60, P + 14 * i, k, "start");
     add("rect", {x: W - P - 74, y: P - 8 + 14 * i, width: 10, height: 3, fill: c});
   });
@@ -110,7 +112,7 @@ async function runPage() {
   try { d = await getJSON("/api/run/" + name.split("/").map(encodeURIComponent).join("/")); }
   catch (e) { errorCard(errors, `cannot read ${name}: ${e.message}`); return; }
   if (d.error) { errorCard(errors, `${name}: ${d.error}`); return; }
-  let metrics = d.metrics;
+  let metrics = d.metrics, lines = d.lines;
   const stats = () => {
     const losses = metrics.filter(r => "loss" in r), last = losses[losses.length - 1] || {};
     document.getElementById("run-stats").replaceChildren(
@@ -132,10 +134,10 @@ async function runPage() {
   const poll = async () => {
     if (d.status !== "running") return;
     try {
-      const last = metrics.length ? Math.max(...metrics.map(r => r.step)) : 0;
-      const u = await getJSON(`/api/run/${name.split("/").map(encodeURIComponent).join("/")}?after=${last}`);
+      const u = await getJSON(`/api/run/${name.split("/").map(encodeURIComponent).join("/")}?since=${lines}`);
       metrics = metrics.concat(u.metrics);
-      d.status = u.status;
+      lines = u.lines;
+      d.status = u.status; d.best_val_loss = u.best_val_loss; d.latest_fid = u.latest_fid;
       stats();
       showGrids(name, u.grids);
     } catch (e) { /* the next poll retries */ }
