@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-pytest.importorskip("httpx")
 from starlette.testclient import TestClient  # noqa: E402
 
 from genlab.serve import check_port, create_app  # noqa: E402

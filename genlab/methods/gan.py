@@ -100,14 +100,6 @@ class GANMethod(Method):
     has_validation_loss = False
     conditions = ("class",)
 
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        from ..config import ConfigError
-
-        if cfg.model.text_cond or cfg.model.image_cond != "none":
-            raise ConfigError("method=gan takes class labels only (model.class_cond=true), not captions or images")
-
     def build_model(self, shape: tuple, num_classes: int = 0, levels: int = 256, **_) -> GAN:
         c, h = square_shape(shape)
         g = self.cfg.gan

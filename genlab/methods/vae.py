@@ -143,14 +143,6 @@ class VAEMethod(Method):
     likelihood_draws = 1
     conditions = ("class",)
 
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        from ..config import ConfigError
-
-        if cfg.model.text_cond or cfg.model.image_cond != "none":
-            raise ConfigError("method=vae takes class labels only (model.class_cond=true), not captions or images")
-
     def build_model(self, shape: tuple, num_classes: int = 0, levels: int = 256, **_) -> ConvVAE:
         c, h = square_shape(shape)
         v = self.cfg.vae
