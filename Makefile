@@ -37,12 +37,12 @@ test: $(VENV)/.dev
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q tests
 
 # Regenerates the pictures the README shows (docs/*.png) from a fresh demo run, and the web app's screenshots
-# (docs/serve_*.png) from its browser test (needs Debian's chromium and chromium-driver).
+# (docs/serve_*.png) over short digits trainings in runs/docs-serve (needs Debian's chromium and chromium-driver).
 docs: $(VENV)/.dev
 	$(BIN)/genlab demo --name docs-demo --force
 	cp runs/docs-demo/samples.png docs/demo_samples.png
 	cp runs/docs-demo/process.png docs/demo_process.png
-	GENLAB_SCREENSHOTS=docs GENLAB_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q tests/test_browser.py
+	OMP_NUM_THREADS=2 $(BIN)/python docs/screenshots.py
 
 # Benchmarks run in a separate environment shared by genlab and its peers (one torch for all):
 # denoising-diffusion-pytorch needs torchvision, which needs the torch build it was compiled against.

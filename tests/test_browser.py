@@ -5,23 +5,17 @@ fails on any console error. The time from pressing generate to the first frame i
 printed (reported, not asserted).
 
 Without Chromium the test is skipped with the packages to install; with GENLAB_REQUIRE_BROWSER=1 (set by
-.ci/run) a missing browser is a failure. GENLAB_SCREENSHOTS=DIR also saves a screenshot of each page there
-(the README's docs/serve_*.png: ``GENLAB_SCREENSHOTS=docs .venv/bin/python -m pytest tests/test_browser.py``).
+.ci/run) a missing browser is a failure. The README's screenshots of these pages come from
+trained runs instead: docs/screenshots.py (``make docs``).
 """
 import json
 import os
-import shutil
-import socket
-import threading
-import time
-from pathlib import Path
 
 import pytest
 
+from browser_kit import chromium, console_errors, missing, served, wait
 from serve_runs import make_runs
 
-CHROMIUM = [p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()]
-DRIVER = shutil.which("chromedriver") or next((p for p in ("/usr/bin/chromedriver",) if Path(p).exists()), None)
 ROOTS = {}
 
 
@@ -29,84 +23,29 @@ def server_root(url):
     return ROOTS[url]
 
 
-MISSING = "the browser tests need Debian's chromium and chromium-driver: sudo apt-get install chromium chromium-driver"
-
-
-def _browser_or_skip():
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        why = "the browser tests need selenium (pip install -e '.[dev]')"
-    else:
-        why = None if CHROMIUM and DRIVER else MISSING
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    why = missing()
     if why:
         if os.environ.get("GENLAB_REQUIRE_BROWSER"):
             pytest.fail(why)
         pytest.skip(why)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    _browser_or_skip()
-    import uvicorn
-
-    from genlab.serve import create_app
-
     root = make_runs(tmp_path_factory.mktemp("browser"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(root), host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    deadline = time.time() + 20
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    ROOTS[f"http://127.0.0.1:{port}"] = root
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    t.join(10)
+    with served(root) as url:
+        ROOTS[url] = root
+        yield url
 
 
 @pytest.fixture(scope="module")
 def browser(server):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM[0]
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,900"):
-        opts.add_argument(a)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    d = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
-    d.set_page_load_timeout(30)
+    d = chromium()
     yield d
     d.quit()
 
 
-def wait(d, cond, timeout=60, what="condition"):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            v = d.execute_script(cond)
-            if v:
-                return v
-        except Exception:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}: {cond}")
-
-
 def no_console_errors(d):
-    bad = [e for e in d.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    bad = console_errors(d)
     assert not bad, bad
-
-
-def shot(d, name):
-    out = os.environ.get("GENLAB_SCREENSHOTS")
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        d.save_screenshot(str(Path(out) / f"serve_{name}.png"))
 
 
 def test_runs_list_run_page_report_and_live_generation(server, browser, capsys):
@@ -115,7 +54,6 @@ def test_runs_list_run_page_report_and_live_generation(server, browser, capsys):
     wait(d, "return document.querySelectorAll('.run-row').length >= 7", what="the runs table")
     assert wait(d, "return document.querySelector('.badge.running') !== null", what="a running badge")
     assert "config.yaml cannot be read" in d.find_element("id", "runs-errors").text
-    shot(d, "runs")
     no_console_errors(d)
 
     d.get(server + "/run/dif")
@@ -125,7 +63,6 @@ def test_runs_list_run_page_report_and_live_generation(server, browser, capsys):
     assert "method: diffusion" in d.find_element("id", "config").text
     d.execute_script("const s = document.getElementById('grid-slider'); s.value = 0; s.oninput();")
     assert "step 3" in d.find_element("id", "grid-step").text
-    shot(d, "run")
     no_console_errors(d)
 
     for name in ("pcnn", "cfg", "txt", "gan", "broken"):           # every kind of run has a page that loads
@@ -152,10 +89,10 @@ def test_runs_list_run_page_report_and_live_generation(server, browser, capsys):
     no_console_errors(d)
 
     d.get(server + "/live?run=dif")
-    wait(d, "return document.getElementById('opt-steps') !== null", what="the diffusion controls")
-    d.execute_script("document.getElementById('opt-steps').value = 20;")
+    wait(d, "return document.getElementById('opt-steps-0') !== null", what="the diffusion controls")
+    d.execute_script("document.getElementById('opt-steps-0').value = 20;")
     d.execute_script("const s = document.getElementById('run-1'); s.value = 'pcnn'; s.onchange();")
-    wait(d, "return document.querySelector('#panel-1 #opt-temperature') !== null", what="the AR controls")
+    wait(d, "return document.getElementById('opt-temperature-1') !== null", what="the AR controls")
     d.find_element("id", "generate").click()
     wait(d, "return document.body.dataset.state === 'done'", timeout=120, what="both generations")
     frames = [int(d.execute_script(f"return document.getElementById('live-stats-{i}').dataset.frames || 0"))
@@ -167,7 +104,6 @@ def test_runs_list_run_page_report_and_live_generation(server, browser, capsys):
     for i in (0, 1):
         wait(d, f"const i = document.getElementById('live-img-{i}'); return i.complete && i.naturalWidth > 0",
              what="the final image")
-    shot(d, "live")
     no_console_errors(d)
     with capsys.disabled():
         print(f"\n[browser] live page: {frames[0]} frames (diffusion, DDIM-20) and {frames[1]} frames (PixelCNN, 64 "

@@ -62,7 +62,7 @@ async function runsPage() {
 
 // ------------------------------------------------------------------------------------------ run page
 function plotLoss(svg, metrics) {
-  const W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), P = 40;
+  const W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), P = 40, L = 64;  // L: room for the y labels
   svg.innerHTML = "";
   const series = [["loss", "#2a6fb0"], ["val_loss", "#d2691e"], ["g_loss", "#7a3"]]
     .map(([k, c]) => [k, c, metrics.filter(r => typeof r[k] === "number" && isFinite(r[k]) && r[k] > 0)])
@@ -71,14 +71,14 @@ function plotLoss(svg, metrics) {
   const xs = series.flatMap(s => s[2].map(r => r.step)), ys = series.flatMap(s => s[2].map(r => Math.log10(r[s[0]])));
   const lo = a => a.reduce((m, v) => v < m ? v : m, Infinity), hi = a => a.reduce((m, v) => v > m ? v : m, -Infinity);
   const x0 = lo(xs), x1 = Math.max(hi(xs), x0 + 1), y0 = lo(ys), y1 = Math.max(hi(ys), y0 + 1e-6);
-  const sx = v => P + (v - x0) / (x1 - x0) * (W - 2 * P), sy = v => H - P + (P - H + P) * (v - y0) / (y1 - y0);
+  const sx = v => L + (v - x0) / (x1 - x0) * (W - L - P), sy = v => H - P + (P - H + P) * (v - y0) / (y1 - y0);
   const ns = "http://www.w3.org/2000/svg";
   const add = (tag, a) => { const e = document.createElementNS(ns, tag); for (const k in a) e.setAttribute(k, a[k]); svg.append(e); return e; };
-  add("line", {x1: P, y1: H - P, x2: W - P, y2: H - P, stroke: "#999"});
-  add("line", {x1: P, y1: P, x2: P, y2: H - P, stroke: "#999"});
+  add("line", {x1: L, y1: H - P, x2: W - P, y2: H - P, stroke: "#999"});
+  add("line", {x1: L, y1: P, x2: L, y2: H - P, stroke: "#999"});
   const t = (x, y, s, anchor) => { const e = add("text", {x, y, "font-size": 11, "text-anchor": anchor || "middle"}); e.textContent = s; };
-  t(W / 2, H - 8, "step"); t(P, H - P + 14, x0); t(W - P, H - P + 14, x1);
-  t(P - 4, H - P, Math.pow(10, y0).toPrecision(3), "end"); t(P - 4, P + 4, Math.pow(10, y1).toPrecision(3), "end");
+  t(W / 2, H - 8, "step"); t(L, H - P + 14, x0); t(W - P, H - P + 14, x1);
+  t(L - 4, H - P, Math.pow(10, y0).toPrecision(3), "end"); t(L - 4, P + 4, Math.pow(10, y1).toPrecision(3), "end");
   series.forEach(([k, c, rs], i) => {
     add("polyline", {fill: "none", stroke: c, "stroke-width": 1.5, class: "series-" + k,
                      points: rs.map(r => `${sx(r.step)},${sy(Math.log10(r[k]))}`).join(" ")});
@@ -147,8 +147,8 @@ async function runPage() {
 }
 
 // ------------------------------------------------------------------------------------------ live page
-function control(o) {
-  const id = "opt-" + o.name;
+function control(o, slot) {
+  const id = `opt-${o.name}-${slot}`;  // ids stay unique with two panels
   let input;
   if (o.type === "choice") {
     input = el("select", {id, name: o.name}, ...o.choices.map(c => el("option", {value: c}, c)));
@@ -181,11 +181,11 @@ async function buildPanel(panel, runs, slot) {
       if (c.error) throw new Error(c.error);
       if (!c.draws_samples) throw new Error(`${select.value} is a ${c.method} run: it draws no samples`);
       form.append(el("div", {}, `${c.label} (${c.family})`));
-      form.append(control({name: "n", type: "int", default: 4, min: 1, max: 16}));
-      form.append(control({name: "seed", type: "int", default: 0, min: 0}));
-      if (c.condition.class) form.append(control({name: "class", type: "int", default: "", min: 0, max: c.condition.class.count - 1}));
-      if (c.condition.prompt) form.append(control({name: "prompt", type: "str", default: "a red circle in the top left"}));
-      for (const o of c.options) form.append(control(o));
+      form.append(control({name: "n", type: "int", default: 4, min: 1, max: 16}, slot));
+      form.append(control({name: "seed", type: "int", default: 0, min: 0}, slot));
+      if (c.condition.class) form.append(control({name: "class", type: "int", default: "", min: 0, max: c.condition.class.count - 1}, slot));
+      if (c.condition.prompt) form.append(control({name: "prompt", type: "str", default: "a red circle in the top left"}, slot));
+      for (const o of c.options) form.append(control(o, slot));
     } catch (e) { st.textContent = "cannot use this run: " + e.message; }
   };
   return {select, form, img, st};
