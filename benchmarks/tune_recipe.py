@@ -65,6 +65,11 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
+    from genlab.eval.features import load_featnet
+    from genlab.runs import resolve_config
+
+    base = resolve_config(a.config, list(a.set))
+    load_featnet(base.data.name, root=base.data.root)   # fail before training, not after the first run
     for over in combos(a.grid):
         name = slug(over)
         full = [*a.set, *over, f"train.time_budget={a.budget}", f"train.num_threads={a.threads}"]
