@@ -729,20 +729,25 @@ class B3:
         log(f"  {m.key}: FID vs test {ev['fid_test']:.3f} ({ev['floor_ratio']:.2f}x the floor), {nfe} evals per "
             f"sample, {secs:.0f}s for {n}")
 
+    def chosen(self, models: list) -> list:
+        """--models: only these of ``models`` (by key), to split the likelihood and ood parts over sessions."""
+        only = self.args.models
+        return [m for m in models if not only or m.key in only]
+
     def part_likelihood(self) -> None:
-        for m in self.lik_models:
+        for m in self.chosen(self.lik_models):
             if m.part == "likelihood":
                 self.train(m)
-        for m in self.lik_models:
+        for m in self.chosen(self.lik_models):
             if self.per_image(m, "mnist") is None:
                 log(f"{m.key}: not trained yet (its run is trained by --part {m.part}); its row stays empty")
         self.ar_fid()
 
     # -------------------------------------------------------------- ood
     def part_ood(self) -> None:
-        for m in (self.any_order, self.pixelcnn_bin):
+        for m in self.chosen([self.any_order, self.pixelcnn_bin]):
             self.train(m)
-        for m in self.lik_models + [self.pixelcnn_bin]:
+        for m in self.chosen(self.lik_models + [self.pixelcnn_bin]):
             got = self.per_image(m, "mnist")
             if got is None:
                 log(f"{m.key}: not trained yet (its run is trained by --part {m.part}); left out of the OOD table")
@@ -1352,6 +1357,9 @@ def main(argv=None):
     ap.add_argument("--dry-run", action="store_true", help="print per part what is cached and a time estimate")
     ap.add_argument("--systems", nargs="+", default=None, choices=list(FAMILIES),
                     help="--part quality: only these systems' trainings and rows (to split the part over sessions)")
+    ap.add_argument("--models", nargs="+", default=None, metavar="KEY",
+                    help="--part likelihood|ood: only these models' trainings and evaluations (to split the parts "
+                         "over sessions)")
     a = ap.parse_args(argv)
 
     sm = a.smoke
@@ -1379,6 +1387,9 @@ def main(argv=None):
             sys.exit(f"{what} {d} is not a directory (it needs the IDX files; see benchmarks/README.md, B3)")
 
     b3 = B3(a)
+    keys = [m.key for m in b3.lik_models + [b3.pixelcnn_bin]]
+    if a.models and set(a.models) - set(keys):
+        ap.error(f"unknown --models {sorted(set(a.models) - set(keys))}; choose from {', '.join(keys)}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     log(f"B3 MNIST: parts {', '.join(parts) or '(report only)'}; {a.threads} threads; n={a.n}; key-row seeds "
         f"{a.seeds}; budgets genlab {', '.join(budget_text(b, b3.quality.unit) for b in b3.budgets)}, peers "
