@@ -19,6 +19,7 @@ from PIL import Image
 
 from genlab.config import load_config
 from genlab.data import load_dataset
+from genlab.data.cache import read_listing
 from genlab.data.images import ImageReadError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,8 +85,11 @@ def test_first_load_builds_second_reuses(folder, tmp_path, capsys):
     assert f"building the cache of {folder}" in err and f"cached {folder}: {d}" in err and " KB on disk" in err
     assert d.name.startswith("imgs-8px-rgb-seed0-")
     m = json.loads((d / "manifest.json").read_text())
-    assert m["shape"] == [20, 3, 8, 8] and len(m["files"]) == 20 and m["unreadable"] == []
-    assert m["params"]["image_size"] == 8 and m["params"]["channels"] == 3 and m["format"] == 1
+    assert m["shape"] == [20, 3, 8, 8] and m["images"] == 20 and m["unreadable"] == []
+    assert m["params"]["image_size"] == 8 and m["params"]["channels"] == 3 and m["format"] == 2
+    lst, rows, reason = read_listing(d / m["listing"])
+    assert reason is None and len(lst) == 20 and sorted(rows.tolist()) == list(range(20))
+    assert [lst.relative(i) for i in range(20)] == sorted(p.name for p in folder.iterdir())
     assert array_file(base).stat().st_size == 20 * 3 * 8 * 8
     assert len(ds) == 18 and ds.x.dtype == torch.uint8
 
@@ -121,6 +125,29 @@ def test_options_each_have_their_cache(folder, tmp_path):
     assert set(load(folder, cache_dir=base, binarize=True).x.unique().tolist()) <= {0, 1}
 
 
+def test_find_images_lists_what_rglob_lists(tmp_path):
+    from genlab.data.folder import EXTENSIONS, find_images
+
+    root, outside = tmp_path / "r", tmp_path / "outside"
+    write_images(root / "sub" / "deeper", 2)
+    write_images(root, 2, start=10)
+    write_images(outside, 2, start=20)
+    (root / "UPPER.PNG").write_bytes((root / "im010.png").read_bytes())
+    (root / ".hidden.jpg").write_bytes(b"x")
+    (root / "notes.txt").write_text("not an image")
+    (root / "dir.png").mkdir()                                   # a directory named like an image
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    (root / "one.png").symlink_to(outside / "im020.png")
+    want = sorted((p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()),
+                  key=lambda p: p.relative_to(root).as_posix())
+    files = find_images(root)
+    assert list(files) == want and len(files) == len(want) == 7
+    assert [files.relative(i) for i in range(len(files))] == [p.relative_to(root).as_posix() for p in want]
+    assert files[-1] == want[-1] and files[1:3] == want[1:3]
+    with pytest.raises(IndexError):
+        files[len(want)]
+
+
 # ---------------------------------------------------------------- never stale
 
 
@@ -152,6 +179,8 @@ def test_changed_added_removed_images_rebuild(folder, tmp_path, capsys):
     ("delete", "the cache file images-"),
     ("manifest", "its manifest is not valid JSON"),
     ("foreign", "its manifest is not a genlab folder cache manifest"),
+    ("listing", "its listing file listing-"),
+    ("old-format", "it was written in cache format 1 (this genlab writes 2)"),
 ])
 def test_damaged_cache_rebuilds(folder, tmp_path, capsys, damage, reason):
     base = tmp_path / "cache"
@@ -167,6 +196,11 @@ def test_damaged_cache_rebuilds(folder, tmp_path, capsys, damage, reason):
         arr.unlink()
     elif damage == "manifest":
         manifest.write_text(manifest.read_text()[:-40])
+    elif damage == "listing":
+        lst = the_cache(base) / json.loads(manifest.read_text())["listing"]
+        os.truncate(lst, lst.stat().st_size // 2)
+    elif damage == "old-format":
+        manifest.write_text(manifest.read_text().replace('"format":2', '"format":1'))
     else:
         manifest.write_text("[1, 2, 3]")
     ds = load(folder, cache_dir=base)
@@ -233,7 +267,8 @@ def test_bad_images_error_leaves_no_cache_and_skip_warns_every_load(tmp_path, ca
         assert "broken.png" in str(rec[0].message) and "garbage.png" in str(rec[0].message)
         assert len(ds) == 12 and len(ds.y) == 12 and ds.class_names == ["class0", "class1"]
     m = json.loads((the_cache(base) / "manifest.json").read_text())
-    assert sorted(Path(m["files"][i][0]).name for i, _ in m["unreadable"]) == ["broken.png", "garbage.png"]
+    lst, _, _ = read_listing(the_cache(base) / m["listing"])
+    assert sorted(Path(lst.relative(i)).name for i, _ in m["unreadable"]) == ["broken.png", "garbage.png"]
     with pytest.warns(UserWarning, match="skipped 2 unreadable"):
         assert torch.equal(ds.x, load(root, cache=False, on_bad_image="skip").x)
     with pytest.raises(ImageReadError, match=r"(broken|garbage)\.png.*on_bad_image=skip"):

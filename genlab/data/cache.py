@@ -5,9 +5,12 @@ Layout, under ``data.cache_dir`` (default ``default_data_root()/folder-cache``),
 setting, never inside the image folder::
 
     <folder name>-<S>px-<rgb|gray>-seed<split_seed>[-binary]-<hash>/
-      manifest.json     what the array holds: the folder's listing (relative path, size, mtime_ns of every image),
-                        image_size, channels, split_seed, binarize, the format version, the readable files (one per
-                        row) and the unreadable ones (with the reason), the array file's name and shape
+      manifest.json     what the array holds: image_size, channels, split_seed, binarize, the format version, the
+                        unreadable files (with the reason), the names of the array and listing files, the shape
+      listing-<id>.npz  the folder's listing as arrays (numpy .npz, read with allow_pickle=False): the relative
+                        paths (one bytes buffer and offsets), size and mtime_ns of every image, and the file index
+                        of each row; arrays, not JSON lists, so that checking 100,000 files holds a few MB, not
+                        a Python object per file
       images-<id>.u8    the rows: raw uint8, shape R x C x S x S (R readable images), no header
       .lock             flock: shared while a process checks and maps the cache, exclusive while one builds it
 
@@ -29,9 +32,9 @@ process's anonymous memory does not grow with the folder.
 
 **Never stale.** Every open compares the folder's listing (paths, sizes, mtimes) with the manifest and the array
 file's size with its shape; a difference prints ``rebuilding the cache of DIR: <reason>`` (files changed / added /
-removed, the cache file truncated or missing, a manifest that is not JSON, ...) and rebuilds. A build writes a new
-array file under a temporary name, syncs it, renames it, then replaces the manifest atomically and only then
-removes the old array: a reader sees the old pair or the new one, and a build that fails or is killed leaves no
+removed, the cache file truncated or missing, a manifest that is not JSON, a damaged listing, ...) and rebuilds. A
+build writes a new array file and a new listing file under temporary names, syncs and renames them, then replaces
+the manifest atomically and only then removes the old pair: a reader sees the old set or the new one, and a build that fails or is killed leaves no
 half-written file under a live name. Rows of files whose listing entry is unchanged are copied from the old array
 instead of decoded again. The stat is taken before the decode, so a file changed during a build is rebuilt next
 time.
@@ -76,7 +79,7 @@ import torch
 
 from ..files import write_text_atomic
 
-FORMAT = 1
+FORMAT = 2          # 2: the listing moved from manifest.json to listing-<id>.npz
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 KIND = "genlab folder cache"
@@ -101,9 +104,10 @@ class FolderCache:
     _bad_pos: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        where = np.empty(len(self.order), dtype=np.int64)
-        where[self.order] = np.arange(len(self.order))
-        self._bad_pos = sorted(int(where[i]) for i in self.unreadable)
+        if self.unreadable:                      # their positions in the permutation
+            where = np.empty(len(self.order), dtype=np.int64)
+            where[self.order] = np.arange(len(self.order))
+            self._bad_pos = sorted(int(where[i]) for i in self.unreadable)
 
     def split(self, a: int, b: int) -> tuple[torch.Tensor, np.ndarray, list[int]]:
         """The images of permutation positions ``[a, b)``: (uint8 tensor view of their rows, their file indices,
@@ -116,6 +120,84 @@ class FolderCache:
             x = torch.zeros((0, *self.shape), dtype=torch.uint8)
         bad = [int(self.order[p]) for p in self._bad_pos if a <= p < b]
         return x, self.rows[ra:rb], bad
+
+
+# ------------------------------------------------------------------------------------------------ the listing
+
+LISTING_KEYS = ("blob", "offsets", "sizes", "mtimes")
+
+
+@dataclass
+class Listing:
+    """A folder's listing as arrays: relative paths (``blob`` bytes cut at ``offsets``, as in
+    :class:`genlab.data.folder.ImageFiles`), ``sizes`` and ``mtimes`` (ns; -1 for a file gone since it was
+    found)."""
+    blob: np.ndarray
+    offsets: np.ndarray
+    sizes: np.ndarray
+    mtimes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def relative(self, i: int) -> str:
+        return os.fsdecode(self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes())
+
+    def entry(self, i: int) -> tuple[str, int, int]:
+        return self.relative(i), int(self.sizes[i]), int(self.mtimes[i])
+
+    def same(self, other: "Listing") -> bool:
+        return all(np.array_equal(getattr(self, k), getattr(other, k)) for k in LISTING_KEYS)
+
+    def digest(self) -> str:
+        """sha256 of the listing's arrays (little-endian int64 and the path bytes)."""
+        h = hashlib.sha256()
+        for k in LISTING_KEYS:
+            a = np.ascontiguousarray(getattr(self, k))
+            h.update(k.encode() + str(len(a)).encode() + (a.astype("<i8") if a.dtype != np.uint8 else a).tobytes())
+        return h.hexdigest()
+
+    def as_dict(self) -> dict[str, tuple[int, int]]:
+        """{relative path: (size, mtime_ns)}: Python objects per file, for the rare rebuild only."""
+        return {self.relative(i): (int(self.sizes[i]), int(self.mtimes[i])) for i in range(len(self))}
+
+
+def listing(root: Path, files) -> Listing:
+    """The listing of ``files`` (an :class:`~genlab.data.folder.ImageFiles` of ``root``): one stat per file."""
+    n = len(files)
+    sizes, mtimes = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+    for i, p in enumerate(files):
+        try:
+            st = p.stat()
+            sizes[i], mtimes[i] = st.st_size, st.st_mtime_ns
+        except OSError:
+            pass
+    return Listing(files.blob, files.offsets, sizes, mtimes)
+
+
+def read_listing(f: Path) -> tuple[Optional[Listing], Optional[np.ndarray], Optional[str]]:
+    """(listing, rows, None) from a listing file, or (None, None, reason) when it is missing or damaged."""
+    try:
+        with np.load(f, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in (*LISTING_KEYS, "rows")}
+    except FileNotFoundError:
+        return None, None, f"its listing file {f.name} is missing"
+    except Exception as e:       # a truncated or foreign file: zipfile.BadZipFile, ValueError, EOFError, KeyError
+        return None, None, f"its listing file {f.name} is damaged ({type(e).__name__})"
+    lst = Listing(*(arrays[k] for k in LISTING_KEYS))
+    o = lst.offsets
+    if (lst.blob.dtype != np.uint8 or any(a.dtype != np.int64 for a in (o, lst.sizes, lst.mtimes, arrays["rows"]))
+            or len(o) != len(lst.sizes) + 1 or len(lst.mtimes) != len(lst.sizes) or o[0] != 0
+            or o[-1] != len(lst.blob) or np.any(np.diff(o) < 0)):
+        return None, None, f"its listing file {f.name} is damaged (inconsistent arrays)"
+    return lst, arrays["rows"], None
+
+
+def _write_listing(f: Path, lst: Listing, rows: np.ndarray) -> None:
+    with open(f, "wb") as fh:
+        np.savez(fh, **{k: getattr(lst, k) for k in LISTING_KEYS}, rows=rows)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 # ------------------------------------------------------------------------------------------------ where
@@ -147,24 +229,11 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def listing(root: Path, files: list[Path]) -> list[list]:
-    """``[relative path, size, mtime_ns]`` of each file (a file gone since it was found: size and mtime -1)."""
-    out = []
-    for p in files:
-        try:
-            st = p.stat()
-            size, mtime = st.st_size, st.st_mtime_ns
-        except OSError:
-            size, mtime = -1, -1
-        out.append([p.relative_to(root).as_posix(), size, mtime])
-    return out
-
-
 # ------------------------------------------------------------------------------------------------ open
 
-def open_cache(root: Path, files: list[Path], params: dict, order: np.ndarray, read: Read, *,
+def open_cache(root: Path, files, params: dict, order: np.ndarray, read: Read, *,
                base: Optional[Path] = None) -> FolderCache:
-    """The valid cache of ``files`` (the sorted images of ``root``) for ``params`` (image_size, channels,
+    """The valid cache of ``files`` (the sorted images of ``root``, an ImageFiles) for ``params`` (image_size, channels,
     split_seed, binarize), building it first when it is missing or stale; ``read`` decodes one file (it raises
     for an unreadable one under on_bad_image=error). CacheUnavailable when the directory cannot be used."""
     path = cache_path(root, params, base)
@@ -191,7 +260,7 @@ def open_cache(root: Path, files: list[Path], params: dict, order: np.ndarray, r
 def _map(path: Path, m: dict, order: np.ndarray) -> FolderCache:
     shape = tuple(m["shape"])
     array = np.memmap(path / m["array"], dtype=np.uint8, mode="c", shape=shape) if shape[0] else None
-    return FolderCache(path, array, np.asarray(m["rows"], dtype=np.int64),
+    return FolderCache(path, array, m["rows"],
                        {int(i): str(msg) for i, msg in m["unreadable"]}, order, shape[1:])
 
 
@@ -217,21 +286,24 @@ def read_manifest(path: Path) -> tuple[Optional[dict], Optional[str]]:
     return m, None
 
 
-def check(path: Path, params: dict, entries: list[list], order: np.ndarray) -> tuple[Optional[dict], Optional[str]]:
-    """(manifest, None) for a cache that holds exactly ``entries`` for ``params``; (None, None) for none yet;
-    (None, reason) for a stale or damaged one."""
+def check(path: Path, params: dict, entries: Listing, order: np.ndarray) -> tuple[Optional[dict], Optional[str]]:
+    """(manifest, None) for a cache that holds exactly ``entries`` for ``params`` (the manifest gains ``rows``, the
+    file index of each row, from the listing file); (None, None) for none yet; (None, reason) for a stale or
+    damaged one."""
     m, reason = read_manifest(path)
     if m is None:
         return None, reason
     try:
         if m["params"] != params:
             return None, "it was built with other settings"
-        reason = listing_difference(m["files"], entries)
+        old, stored, reason = read_listing(path / m["listing"])
         if reason:
             return None, reason
-        bad = {int(i) for i, _ in m["unreadable"]}
-        rows = [int(i) for i in order if int(i) not in bad]
-        if [int(r) for r in m["rows"]] != rows:
+        if not old.same(entries):
+            return None, listing_difference(old, entries)
+        bad = np.array([int(i) for i, _ in m["unreadable"]], dtype=np.int64)
+        rows = order[~np.isin(order, bad)] if len(bad) else order
+        if not np.array_equal(stored, rows):
             return None, "its rows are not in this split order (default_rng(split_seed).permutation)"
         shape = [len(rows), params["channels"], params["image_size"], params["image_size"]]
         if [int(s) for s in m["shape"]] != shape:
@@ -239,15 +311,17 @@ def check(path: Path, params: dict, entries: list[list], order: np.ndarray) -> t
         reason = array_difference(path / m["array"], int(np.prod(shape)))
     except (KeyError, TypeError, ValueError, IndexError) as e:
         return None, f"its manifest is damaged ({type(e).__name__}: {e})"
-    return (None, reason) if reason else (m, None)
+    if reason:
+        return None, reason
+    m["rows"] = stored
+    return m, None
 
 
-def listing_difference(old: list, new: list[list]) -> Optional[str]:
+def listing_difference(old: Listing, new: Listing) -> Optional[str]:
     """None when the two listings are equal, else e.g. '3 files changed, 1 file added, 2 files removed'."""
-    if [list(e) for e in old] == new:
+    if old.same(new):
         return None
-    before = {e[0]: (e[1], e[2]) for e in old}
-    after = {e[0]: (e[1], e[2]) for e in new}
+    before, after = old.as_dict(), new.as_dict()
     changed = sum(1 for k, v in after.items() if k in before and before[k] != v)
     added = sum(1 for k in after if k not in before)
     removed = sum(1 for k in before if k not in after)
@@ -280,16 +354,18 @@ def _reusable(path: Path, params: dict) -> dict:
             return {}
         if array_difference(path / m["array"], int(np.prod(m["shape"]))):
             return {}
+        lst, rows, reason = read_listing(path / m["listing"])
+        if reason or len(rows) != m["shape"][0]:
+            return {}
         old = np.memmap(path / m["array"], dtype=np.uint8, mode="r", shape=tuple(m["shape"]))
-        files = m["files"]
-        return {files[i][0]: (files[i][1], files[i][2], old, r) for r, i in enumerate(m["rows"])}
+        return {lst.relative(i): (int(lst.sizes[i]), int(lst.mtimes[i]), old, r) for r, i in enumerate(rows)}
     except (KeyError, TypeError, ValueError, IndexError, OSError):
         return {}
 
 
 # ------------------------------------------------------------------------------------------------ build
 
-def build(path: Path, root: Path, files: list[Path], entries: list[list], params: dict, order: np.ndarray,
+def build(path: Path, root: Path, files, entries: Listing, params: dict, order: np.ndarray,
           read: Read, reuse: Optional[dict] = None) -> dict:
     """Decode the images of ``root`` in ``order`` into a new array file in ``path`` and make it the cache (see the
     module docstring); returns the new manifest. An exception from ``read`` (an unreadable image under
@@ -300,6 +376,7 @@ def build(path: Path, root: Path, files: list[Path], entries: list[list], params
     _check_space(path, root, n * row_bytes)
     token = f"{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
     tmp, final = path / f".images-{token}.tmp", path / f"images-{token}.u8"
+    ltmp, lfinal = path / f".listing-{token}.tmp", path / f"listing-{token}.npz"
     _remove_leftovers(path)
     rows, bad, copied, t0 = [], [], 0, time.perf_counter()
     kind = "RGB" if c == 3 else "grayscale"
@@ -308,7 +385,7 @@ def build(path: Path, root: Path, files: list[Path], entries: list[list], params
         with open(tmp, "wb", buffering=1 << 22) as f, _bar(n, root) as bar:
             for i in order:
                 i = int(i)
-                rel, size, mtime = entries[i]
+                rel, size, mtime = entries.entry(i)
                 old = reuse.get(rel)
                 if old is not None and (old[0], old[1]) == (size, mtime) and size >= 0:
                     img, copied = old[2][old[3]], copied + 1
@@ -322,27 +399,33 @@ def build(path: Path, root: Path, files: list[Path], entries: list[list], params
                 bar.update(1)
             f.flush()
             os.fsync(f.fileno())
+        rows = np.asarray(rows, dtype=np.int64)
+        _write_listing(ltmp, entries, rows)
         os.replace(tmp, final)
+        os.replace(ltmp, lfinal)
     except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        for p in (tmp, ltmp, final):
+            with contextlib.suppress(OSError):
+                p.unlink()
         if isinstance(e, OSError) and not isinstance(e, CacheUnavailable):   # (read() raises no OSError)
             raise CacheUnavailable(f"cannot write the cache file {tmp}: {e.strerror or e}") from None
         raise
     manifest = {
-        "kind": KIND, "format": FORMAT, "params": params, "files": entries, "rows": rows, "unreadable": bad,
-        "array": final.name, "dtype": "uint8", "shape": [len(rows), c, s, s],
+        "kind": KIND, "format": FORMAT, "params": params, "images": n, "unreadable": bad,
+        "array": final.name, "listing": lfinal.name, "dtype": "uint8", "shape": [len(rows), c, s, s],
         "built": time.strftime("%Y-%m-%dT%H:%M:%S"), "build_seconds": round(time.perf_counter() - t0, 3),
         "rows_copied": copied,
     }
     try:
         write_text_atomic(path / MANIFEST, json.dumps(manifest, separators=(",", ":")))
     except OSError as e:
-        with contextlib.suppress(OSError):
-            final.unlink()
+        for p in (final, lfinal):
+            with contextlib.suppress(OSError):
+                p.unlink()
         raise CacheUnavailable(f"cannot write {path / MANIFEST}: {e.strerror or e}") from None
-    _remove_old_arrays(path, keep=final.name)
-    size = final.stat().st_size + (path / MANIFEST).stat().st_size
+    _remove_old_arrays(path, keep=(final.name, lfinal.name))
+    manifest["rows"] = rows
+    size = sum((path / f).stat().st_size for f in (final.name, lfinal.name, MANIFEST))
     _say(f"cached {root}: {path}, {format_bytes(size)} on disk ({len(rows)} image{'s' if len(rows) != 1 else ''}"
          f"{f', {len(bad)} unreadable' if bad else ''}, built in {time.perf_counter() - t0:.1f}s"
          f"{f', {copied} rows kept from the previous build' if copied else ''})")
@@ -367,15 +450,16 @@ def _check_space(path: Path, root: Path, need: int) -> None:
 
 def _remove_leftovers(path: Path) -> None:
     """Partial array files of builds that were killed (only called under the exclusive lock)."""
-    for p in path.glob(".images-*.tmp"):
+    for p in (*path.glob(".images-*.tmp"), *path.glob(".listing-*.tmp")):
         with contextlib.suppress(OSError):
             p.unlink()
 
 
-def _remove_old_arrays(path: Path, keep: str) -> None:
-    """Array files of earlier builds (processes that still map one keep reading it: POSIX unlink semantics)."""
-    for p in path.glob("images-*.u8"):
-        if p.name != keep:
+def _remove_old_arrays(path: Path, keep: tuple[str, ...]) -> None:
+    """Array and listing files of earlier builds (processes that still map an array keep reading it: POSIX unlink
+    semantics)."""
+    for p in (*path.glob("images-*.u8"), *path.glob("listing-*.npz")):
+        if p.name not in keep:
             with contextlib.suppress(OSError):
                 p.unlink()
 

@@ -16,8 +16,10 @@ memory on every load."""
 from __future__ import annotations
 
 import csv
+import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +35,73 @@ MIN_IMAGE_SIZE = 4
 SKIP_HINT = "; or set data.on_bad_image=skip to skip unreadable images"
 
 
-def find_images(root: Path) -> list[Path]:
-    """All image files under ``root`` (case-insensitive extensions), sorted for determinism."""
-    files = [p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()]
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+class ImageFiles(Sequence):
+    """The sorted image files of a folder, held compactly: their relative paths as one bytes buffer with offsets
+    (about 30 bytes per image; a list of 100,000 ``Path`` objects holds about 50 MB). ``files[i]`` makes the
+    ``Path``, ``files.relative(i)`` the relative POSIX path; ``blob`` and ``offsets`` are the arrays themselves
+    (the folder cache stores and compares them as they are)."""
+
+    def __init__(self, root: Path, blob: np.ndarray, offsets: np.ndarray):
+        self.root, self.blob, self.offsets = Path(root), blob, offsets
+
+    @classmethod
+    def from_relative(cls, root: Path, rel: list[bytes]) -> "ImageFiles":
+        """From relative paths as file-system bytes with ``/`` separators, in the order given."""
+        offsets = np.zeros(len(rel) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in rel], out=offsets[1:])
+        return cls(root, np.frombuffer(b"".join(rel), dtype=np.uint8), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def raw(self, i: int) -> bytes:
+        return self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes()
+
+    def relative(self, i: int) -> str:
+        return os.fsdecode(self.raw(i))
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"image index {i} out of range for {len(self)} images")
+        return self.root / self.relative(i % len(self))
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def same_paths(self, other: "ImageFiles") -> bool:
+        return np.array_equal(self.offsets, other.offsets) and np.array_equal(self.blob, other.blob)
+
+
+_EXTENSIONS_B = tuple(e.encode() for e in EXTENSIONS)
+
+
+def find_images(root: Path) -> ImageFiles:
+    """All image files under ``root`` (case-insensitive extensions, searched recursively; symlinked files are
+    followed, symlinked directories are not, as ``Path.rglob`` does), sorted by relative path for determinism."""
+    found: list[bytes] = []
+    stack = [b""]
+    base = os.fsencode(Path(root))
+    while stack:
+        rel = stack.pop()
+        try:
+            it = os.scandir(os.path.join(base, rel) if rel else base)
+        except OSError:
+            continue
+        with it:
+            for e in it:
+                r = rel + b"/" + e.name if rel else e.name
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(r)
+                    elif os.path.splitext(e.name)[1].lower() in _EXTENSIONS_B and e.is_file():
+                        found.append(r)
+                except OSError:
+                    continue
+    found.sort()
+    return ImageFiles.from_relative(root, found)
 
 
 def load_image(path: Path, image_size: int, channels: int) -> np.ndarray:
@@ -73,12 +138,11 @@ def read_or_reason(path: Path, image_size: int, channels: int, on_bad_image: str
 CAPTIONS_CSV = "captions.csv"
 
 
-def find_captions(root: Path, files: list[Path]) -> list[str] | None:
+def find_captions(root: Path, files: ImageFiles) -> list[str] | None:
     """One caption per file from ``root/captions.csv`` or sibling ``.txt`` files; None when there are neither.
     Every image needs a caption once any is given (a ValueError names the first one without)."""
     table = root / CAPTIONS_CSV
-    txts = [p.with_suffix(".txt") for p in files]
-    has_txt = [p.is_file() for p in txts]
+    has_txt = np.fromiter((p.with_suffix(".txt").is_file() for p in files), dtype=bool, count=len(files))
     if table.is_file():
         if any(has_txt):
             raise ValueError(f"{root} has both {CAPTIONS_CSV} and per-image .txt captions; keep one of the two")
@@ -97,7 +161,7 @@ def find_captions(root: Path, files: list[Path]) -> list[str] | None:
                 raise ValueError(f"{table} line {k}: expected 2 columns (file,caption), got {len(row)}; quote "
                                  "captions that contain commas")
             caps[Path(row[0].strip()).as_posix()] = row[1].strip()
-        rel = [p.relative_to(root).as_posix() for p in files]
+        rel = [files.relative(i) for i in range(len(files))]
         missing = [r for r in rel if r not in caps]
         if missing:
             raise ValueError(f"{len(missing)} image(s) have no caption in {table} (e.g. {missing[0]}); add a "
@@ -110,11 +174,12 @@ def find_captions(root: Path, files: list[Path]) -> list[str] | None:
     if not any(has_txt):
         return None
     if not all(has_txt):
-        i = has_txt.index(False)
-        raise ValueError(f"{sum(has_txt)} image(s) under {root} have a .txt caption but {files[i]} has none "
-                         f"(expected {txts[i]}); give every image a caption, or use {CAPTIONS_CSV}")
+        i = int(np.argmin(has_txt))
+        raise ValueError(f"{int(has_txt.sum())} image(s) under {root} have a .txt caption but {files[i]} has none "
+                         f"(expected {files[i].with_suffix('.txt')}); give every image a caption, or use "
+                         f"{CAPTIONS_CSV}")
     caps = []
-    for p in txts:
+    for p in (f.with_suffix(".txt") for f in files):
         try:
             caps.append(p.read_text(encoding="utf-8").strip())
         except UnicodeDecodeError as e:
@@ -185,7 +250,7 @@ def load_folder_dataset(
     targets = None
     class_names: list[str] = []
     if labels:
-        top = [p.relative_to(root).parts for p in files]
+        top = [files.relative(i).split("/", 1) for i in range(len(files))]
         loose = [files[i] for i, parts in enumerate(top) if len(parts) == 1]
         if loose:
             raise ValueError(
@@ -195,6 +260,7 @@ def load_folder_dataset(
         class_names = sorted({parts[0] for parts in top})
         index = {name: i for i, name in enumerate(class_names)}
         targets = np.array([index[parts[0]] for parts in top], dtype=np.int64)
+        del top
 
     try:
         captions = find_captions(root, files)
@@ -218,7 +284,7 @@ def load_folder_dataset(
         got = _decode(files, idx, image_size, channels, on_bad_image, binarize)
     x, kept, bad = got
     if bad:
-        shown = ", ".join(str(files[i].relative_to(root)) for i in bad[:5])
+        shown = ", ".join(files.relative(i) for i in bad[:5])
         warnings.warn(
             f"skipped {len(bad)} unreadable image(s) under {root}: {shown}{' ...' if len(bad) > 5 else ''}",
             stacklevel=3,
@@ -234,7 +300,7 @@ def load_folder_dataset(
     return ImageDataset(x, None, levels, 0, [], "folder", caps)
 
 
-def _decode(files: list[Path], idx: np.ndarray, image_size: int, channels: int, on_bad_image: str,
+def _decode(files: ImageFiles, idx: np.ndarray, image_size: int, channels: int, on_bad_image: str,
             binarize: bool) -> tuple[torch.Tensor, list[int], list[int]]:
     """The images ``files[idx]`` decoded into memory: (uint8 tensor, kept file indices, unreadable ones)."""
     arrays, kept, bad = [], [], []
@@ -252,7 +318,7 @@ def _decode(files: list[Path], idx: np.ndarray, image_size: int, channels: int, 
     return x, kept, bad
 
 
-def _from_cache(root: Path, files: list[Path], order: np.ndarray, a: int, b: int, *, image_size: int,
+def _from_cache(root: Path, files: ImageFiles, order: np.ndarray, a: int, b: int, *, image_size: int,
                 channels: int, on_bad_image: str, binarize: bool, seed: int, cache_dir):
     """Permutation positions ``[a, b)`` read from the folder's cache (see :mod:`genlab.data.cache`): (uint8 view
     of the cache file, kept file indices, unreadable ones), or None when the cache directory cannot be used."""
@@ -273,4 +339,4 @@ def _from_cache(root: Path, files: list[Path], order: np.ndarray, a: int, b: int
         first = next(int(i) for i in opened.order if int(i) in opened.unreadable)
         raise ImageReadError(opened.unreadable[first] + SKIP_HINT)
     x, kept, bad = opened.split(a, b)
-    return x, kept.tolist(), bad
+    return x, kept, bad

@@ -122,11 +122,11 @@ def folder_spec(fd: FolderData, classes: int = 0) -> FeatNetSpec:
                        min_accuracy=min_accuracy(k), shift=max(1, fd.image_size // 16))
 
 
-def _classes(root: Path, files: list[Path], labels: bool) -> int:
+def _classes(files, labels: bool) -> int:
     """Classes a labeled folder has (its first-level sub-folders, as the loader counts them), else 0."""
     if not labels:
         return 0
-    return len({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
+    return len({r.split("/", 1)[0] for r in map(files.relative, range(len(files))) if "/" in r})
 
 
 def identity(fd: FolderData) -> tuple[dict, int]:
@@ -137,11 +137,11 @@ def identity(fd: FolderData) -> tuple[dict, int]:
     root = Path(fd.root).expanduser()
     files = find_images(root)
     entries = folder_cache.listing(root, files)
-    digest = hashlib.sha256(json.dumps(entries, separators=(",", ":")).encode()).hexdigest()
+    digest = entries.digest()
     key = {"version": VERSION, "root": str(root.resolve()), "image_size": fd.image_size, "channels": fd.channels,
            "labels": fd.labels, "split_seed": fd.split_seed, "val_size": fd.val_size, "binarize": fd.binarize,
            "images": len(files), "listing_sha256": digest}
-    return key, _classes(root, files, fd.labels)
+    return key, _classes(files, fd.labels)
 
 
 def featnet_dir(key: dict, base=None) -> Path:
