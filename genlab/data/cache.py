@@ -30,14 +30,14 @@ The map is opened with mode "c" (copy-on-write): a write to ``x`` changes privat
 cache; those pages are file-backed (RssFile, not RssAnon) and shared by every process that maps the file, so a
 process's anonymous memory does not grow with the folder.
 
-**Never stale.** Every open compares the folder's listing (paths, sizes, mtimes) with the manifest and the array
+**Never stale.** Every open compares the folder's listing (paths, sizes, mtimes) with the listing file and the array
 file's size with its shape; a difference prints ``rebuilding the cache of DIR: <reason>`` (files changed / added /
 removed, the cache file truncated or missing, a manifest that is not JSON, a damaged listing, ...) and rebuilds. A
 build writes a new array file and a new listing file under temporary names, syncs and renames them, then replaces
-the manifest atomically and only then removes the old pair: a reader sees the old set or the new one, and a build that fails or is killed leaves no
-half-written file under a live name. Rows of files whose listing entry is unchanged are copied from the old array
-instead of decoded again. The stat is taken before the decode, so a file changed during a build is rebuilt next
-time.
+the manifest atomically and only then removes the old pair: a reader sees the old set or the new one, and a build
+that fails or is killed leaves no half-written file under a live name. Rows of files whose listing entry is
+unchanged are copied from the old array instead of decoded again. The stat is taken before the decode, so a file
+changed during a build is rebuilt next time.
 
 **Many processes** (torchrun, or two runs on one folder). Every process takes the lock: shared to check and map,
 exclusive to build. Whoever comes first builds, the others wait on the lock, then all map the same file. Under
@@ -233,8 +233,8 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def open_cache(root: Path, files, params: dict, order: np.ndarray, read: Read, *,
                base: Optional[Path] = None) -> FolderCache:
-    """The valid cache of ``files`` (the sorted images of ``root``, an ImageFiles) for ``params`` (image_size, channels,
-    split_seed, binarize), building it first when it is missing or stale; ``read`` decodes one file (it raises
+    """The valid cache of ``files`` (the sorted images of ``root``, an ImageFiles) for ``params`` (image_size,
+    channels, split_seed, binarize), building it first when it is missing or stale; ``read`` decodes one file (it raises
     for an unreadable one under on_bad_image=error). CacheUnavailable when the directory cannot be used."""
     path = cache_path(root, params, base)
     try:
