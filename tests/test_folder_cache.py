@@ -148,6 +148,17 @@ def test_find_images_lists_what_rglob_lists(tmp_path):
         files[len(want)]
 
 
+def test_labels_from_sub_folders_sorted_by_name_and_loose_images_refused(tmp_path):
+    root = tmp_path / "r"
+    write_images(root / "a", 2)
+    write_images(root / "a-b", 3, start=10)            # listed first ('-' sorts before '/'), named second
+    ds = load(root, labels=True, cache=False)
+    assert ds.class_names == ["a", "a-b"] and sorted(ds.y.tolist()) == [0, 0, 1, 1, 1]
+    write_images(root, 1, start=20)
+    with pytest.raises(ValueError, match=r"1 image\(s\) lie directly in .*im020\.png"):
+        load(root, labels=True, cache=False)
+
+
 # ---------------------------------------------------------------- never stale
 
 

@@ -250,17 +250,24 @@ def load_folder_dataset(
     targets = None
     class_names: list[str] = []
     if labels:
-        top = [files.relative(i).split("/", 1) for i in range(len(files))]
-        loose = [files[i] for i, parts in enumerate(top) if len(parts) == 1]
+        first = np.zeros(len(files), dtype=np.int64)        # index into `seen`, one pass, no list per file
+        seen: dict[str, int] = {}
+        loose = []                                           # file indices of images directly in root
+        for i in range(len(files)):
+            head, sep, _ = files.relative(i).partition("/")
+            if sep:
+                first[i] = seen.setdefault(head, len(seen))
+            else:
+                loose.append(i)
         if loose:
             raise ValueError(
                 f"labels=True takes each image's class from its sub-folder, but {len(loose)} image(s) lie "
-                f"directly in {root} (e.g. {loose[0].name}); move them into class sub-folders or set data.labels=false"
+                f"directly in {root} (e.g. {files[loose[0]].name}); move them into class sub-folders or set "
+                "data.labels=false"
             )
-        class_names = sorted({parts[0] for parts in top})
-        index = {name: i for i, name in enumerate(class_names)}
-        targets = np.array([index[parts[0]] for parts in top], dtype=np.int64)
-        del top
+        class_names = sorted(seen)
+        rank = {name: k for k, name in enumerate(class_names)}
+        targets = np.array([rank[name] for name in seen], dtype=np.int64)[first]
 
     try:
         captions = find_captions(root, files)
