@@ -162,8 +162,8 @@ class Listing:
         return {self.relative(i): (int(self.sizes[i]), int(self.mtimes[i])) for i in range(len(self))}
 
 
-def listing(root: Path, files) -> Listing:
-    """The listing of ``files`` (an :class:`~genlab.data.folder.ImageFiles` of ``root``): one stat per file."""
+def listing(files) -> Listing:
+    """The listing of ``files`` (an :class:`~genlab.data.folder.ImageFiles`): one stat per file."""
     n = len(files)
     sizes, mtimes = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
     for i, p in enumerate(files):
@@ -241,7 +241,7 @@ def open_cache(root: Path, files, params: dict, order: np.ndarray, read: Read, *
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CacheUnavailable(f"cannot create the cache directory {path}: {e.strerror or e}") from None
-    entries = listing(root, files)
+    entries = listing(files)
     what = f"the cache of {root}"
     with _locked(path, exclusive=False, what=what):
         manifest, reason = check(path, params, entries, order)

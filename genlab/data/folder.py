@@ -71,9 +71,6 @@ class ImageFiles(Sequence):
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
-    def same_paths(self, other: "ImageFiles") -> bool:
-        return np.array_equal(self.offsets, other.offsets) and np.array_equal(self.blob, other.blob)
-
 
 _EXTENSIONS_B = tuple(e.encode() for e in EXTENSIONS)
 

@@ -136,7 +136,7 @@ def identity(fd: FolderData) -> tuple[dict, int]:
         fd.load("train")             # the folder loader's own error: no data.root or size, missing, a file
     root = Path(fd.root).expanduser()
     files = find_images(root)
-    entries = folder_cache.listing(root, files)
+    entries = folder_cache.listing(files)
     digest = entries.digest()
     key = {"version": VERSION, "root": str(root.resolve()), "image_size": fd.image_size, "channels": fd.channels,
            "labels": fd.labels, "split_seed": fd.split_seed, "val_size": fd.val_size, "binarize": fd.binarize,
