@@ -52,7 +52,7 @@ from genlab.data import load_dataset, to_model
 from genlab.report import compare as C
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # peers/, quality.py, throughput.machine()
-from peers import get_peer  # noqa: E402
+from peers import get_peer, missing_library  # noqa: E402
 from peers.common import Variant, cached_record, signature  # noqa: E402
 from quality import (FAMILIES, GenlabSystem, QualityBench, RowSpec, budget_text, jsonable, log,  # noqa: E402
                      median_step_seconds, record_order, trainings)
@@ -635,6 +635,9 @@ class B3:
         return [r for r in rows if not only or r.variant.family in only]
 
     def part_quality(self) -> None:
+        missing = [missing_library(f) for f in {r.variant.family for r in self.quality_rows()} - {"genlab"}]
+        if any(missing):
+            sys.exit("\n".join(m for m in missing if m))
         self.compare_dir()                   # the 30-minute run is compare_mnist's ddpm_v, in OUT/compare/runs
         self.featnet()
         self.floor()
@@ -693,9 +696,14 @@ class B3:
         return ent
 
     def best_raster_ar(self) -> Optional[Model]:
+        """The raster AR model with the lower MNIST test bits/dim, once both PixelCNN and the transformer have
+        one (before that "best" would name whichever ran first)."""
         got = [(self.results["_bpd"].get(f"{m.key}/mnist"), m) for m in (self.pixelcnn, self.transformer)]
-        got = [(e, m) for e, m in got if e]
-        return min(got, key=lambda em: em[0]["mean"])[1] if got else None
+        missing = [m.key for e, m in got if not e]
+        if missing:
+            log(f"FID of the best raster AR: waiting for the test bits/dim of {', '.join(missing)}")
+            return None
+        return min(got, key=lambda em: em[0]["mean"])[1]
 
     def ar_fid(self) -> None:
         """FID of --ar-samples samples of the best raster AR model (genlab's sampling API, its defaults)."""
@@ -850,6 +858,11 @@ class B3:
                 s, what = self.genlab_train_s(model)
                 items.append((f"train {model.key}: {what}", s))
             for fam in FAMILIES[1:]:
+                if self.args.systems and fam not in self.args.systems:
+                    continue
+                if missing_library(fam):
+                    items.append((missing_library(fam), hi + 15))
+                    continue
                 v = self.quality.variants(fam)[0]
                 sysm = self.quality.system(fam)
                 if cached_record(self.quality.peer_dir(v, hi), signature(sysm, v, hi)) is None:
@@ -863,7 +876,9 @@ class B3:
                 name = self.quality.record_name(spec.variant, spec.budget)
                 r = self.results.get(name, {}).get("rows", {}).get(C.row_key(spec.opts))
                 need = max((a.seeds if spec.key else 1) - (len(r["evals"]) if r else 0), 0)
-                if need:
+                if need and spec.variant.family != "genlab" and missing_library(spec.variant.family):
+                    items.append((f"sample {spec.id}: needs {spec.variant.family}'s library (above)", 0.0))
+                elif need:
                     fwd = self.costs.fwd_s(spec.variant.family, min(a.sample_batch, a.n))
                     s = need * spec.steps * a.n * fwd
                     items.append((f"sample {spec.id}: {need} seed(s) x {a.n} x {spec.steps} evals", s))

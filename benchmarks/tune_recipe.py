@@ -9,6 +9,12 @@ recall). The table (``OUT/README.md``, ``OUT/results.json``) lists every combina
     OMP_NUM_THREADS=2 .venv-bench/bin/python benchmarks/tune_recipe.py --config mnist_ddpm --budget 3m \\
         --grid model.width=16,24,32 train.batch_size=32,64,128 --set data.root=../shared/data/mnist
 
+``--score val`` ranks by the runs' best validation loss instead and draws no samples: for the likelihood
+recipes (PixelCNN, transformer, any-order, one-shot) that loss is validation bits/dim, the number B3 targets.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/tune_recipe.py --config mnist_pixelcnn --budget 10m --score val \
+        --grid train.lr=1e-3,2e-3 --set data.root=../shared/data/mnist
+
 Short budgets rank settings for short budgets: a winner at 3 minutes is a candidate for 10, to be confirmed
 at 10 (``--budget 10m --grid ...`` with the two best).
 """
@@ -50,6 +56,9 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--score", choices=("fid", "val"), default="fid",
+                    help="fid: FID of --n samples vs train; val: the run's best validation loss (bits/dim for "
+                         "likelihood models), no sampling")
     a = ap.parse_args(argv)
     import torch
 
@@ -61,7 +70,7 @@ def main(argv=None):
     from genlab.train import checkpoint as ck
 
     torch.set_num_threads(a.threads)
-    out = Path(a.out or REPO / "bench_out" / f"tune_{a.config}_{a.budget}")
+    out = Path(a.out or REPO / "bench_out" / f"tune_{a.config}_{a.budget}" + ("_val" if a.score == "val" else ""))
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
@@ -69,7 +78,8 @@ def main(argv=None):
     from genlab.runs import resolve_config
 
     base = resolve_config(a.config, list(a.set))
-    load_featnet(base.data.name, root=base.data.root)   # fail before training, not after the first run
+    if a.score == "fid":
+        load_featnet(base.data.name, root=base.data.root)   # fail before training, not after the first run
     for over in combos(a.grid):
         name = slug(over)
         full = [*a.set, *over, f"train.time_budget={a.budget}", f"train.num_threads={a.threads}"]
@@ -77,6 +87,15 @@ def main(argv=None):
                            log_prefix="[tune]")
         state = ck.read_state(ck.resolve_checkpoint(t.run_dir))
         tid = f"{state['step']}:{state['time_used']:.6f}"
+        if a.score == "val":
+            if state.get("best_val") is None:
+                raise SystemExit(f"{name}: the run has no validation loss (no validation split?); use --score fid")
+            results[name] = {"overrides": over, "train_id": tid, "steps": state["step"],
+                             "images": state["samples_seen"], "val": state["best_val"]}
+            write_text_atomic(path, json.dumps(jsonable(results), indent=1))
+            log(f"  {name}: best validation loss {state['best_val']:.4f} ({state['step']} steps, "
+                f"{state['samples_seen']:,} images)")
+            continue
         if results.get(name, {}).get("train_id") == tid and results[name].get("n") == a.n:
             continue
         t0 = time.perf_counter()
@@ -89,6 +108,15 @@ def main(argv=None):
                          "recall": ev["recall"], "nfe": nfe, "sample_s": secs}
         write_text_atomic(path, json.dumps(jsonable(results), indent=1))
         log(f"  {name}: FID {ev['fid_train']:.2f} ({state['step']} steps, {state['samples_seen']:,} images)")
+    if a.score == "val":
+        rows = sorted(results.values(), key=lambda r: r["val"])
+        md = [f"# {a.config}: {a.budget} of training per setting, best validation loss (EMA weights)\n",
+              "| overrides | steps | images seen | validation loss |", "|---|---:|---:|---:|"]
+        md += [f"| {' '.join(r['overrides']) or '(recipe)'} | {r['steps']} | {r['images']:,} | {r['val']:.4f} |"
+               for r in rows]
+        (out / "README.md").write_text("\n".join(md) + "\n")
+        log("\n".join(md))
+        return
     rows = sorted(results.values(), key=lambda r: r["fid"])
     md = [f"# {a.config}: {a.budget} of training per setting, FID of {a.n} samples (vs train)\n",
           "| overrides | steps | images seen | FID | precision | recall |", "|---|---:|---:|---:|---:|---:|"]

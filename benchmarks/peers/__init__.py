@@ -33,7 +33,19 @@ from __future__ import annotations
 
 from .common import Variant, train_or_reuse_peer  # noqa: F401
 
+import importlib.util
+
 FAMILIES = ("diffusers", "ddpm-pytorch")
+MODULES = {"diffusers": "diffusers", "ddpm-pytorch": "denoising_diffusion_pytorch"}   # what each adapter imports
+
+
+def missing_library(family: str):
+    """None when the peer's library can be imported here, else one sentence naming it and the fix."""
+    mod = MODULES[family]
+    if importlib.util.find_spec(mod) is not None:
+        return None
+    return (f"peer {family}: its library ({mod}) is not installed in this Python ({__import__('sys').executable}); "
+            "run `make bench-env` and use .venv-bench/bin/python, or leave it out with --systems genlab")
 
 
 def get_peer(family: str, **kw):
